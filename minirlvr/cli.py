@@ -1,0 +1,184 @@
+"""Command line: minirlvr train | compare | pretrain | bench | list.
+
+Every user error (unknown name, bad number, missing or corrupt checkpoint)
+ends with one line `minirlvr: error: ...` and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects stage.key=value (e.g. loss.clip_high=0.28), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps_default: int) -> None:
+    p.add_argument("--task", default="addition")
+    p.add_argument("--steps", type=_positive_int, default=steps_default)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", type=_positive_int, default=16, help="prompts per RL step")
+    p.add_argument("--group-size", "-G", type=_positive_int, default=8, help="samples per prompt")
+    p.add_argument("--minibatches", type=_positive_int, default=4, help="optimizer steps per rollout")
+    p.add_argument("--epochs", type=_positive_int, default=1, help="PPO epochs per rollout")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-problems", type=_positive_int, default=128)
+    p.add_argument("--eval-k", type=_positive_int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--init", default=None, help="starting checkpoint (default: the task's shipped base)")
+    p.add_argument("--out", default="runs", help="output folder")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage setting, e.g. --set loss.clip_high=0.28 (repeatable)")
+    p.add_argument("--diagnostics", action="store_true", help="log measured vs predicted entropy change per step")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(a):
+    from .trainer import TrainConfig
+    return TrainConfig(task=a.task, recipe=getattr(a, "recipe", "grpo"), rollout=getattr(a, "rollout", None),
+                       reward=getattr(a, "reward", None), advantage=getattr(a, "advantage", None),
+                       loss=getattr(a, "loss", None), overrides=_parse_set(a.set), steps=a.steps, seed=a.seed,
+                       prompts_per_step=a.prompts, group_size=a.group_size, minibatches=a.minibatches,
+                       ppo_epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup, temperature=a.temperature, eval_every=a.eval_every,
+                       eval_problems=a.eval_problems, eval_k=a.eval_k, device=a.device, init=a.init,
+                       out_dir=a.out, name=getattr(a, "name", None), resume=getattr(a, "resume", False),
+                       entropy_diagnostics=a.diagnostics, progress=not a.no_progress)
+
+
+def cmd_train(a) -> None:
+    from .plots import plot_curves
+    from .trainer import train
+    res = train(_train_config(a))
+    hist, run_dir = res["history"], res["run_dir"]
+    k = a.eval_k
+    plot_curves({a.recipe: [hist]}, keys=("entropy", "reward", "eval/greedy_acc", f"eval/pass@{k}"),
+                path=os.path.join(run_dir, "curves.png"), title=f"{a.recipe} on {a.task}, seed {a.seed}")
+    evals = [h for h in hist if "eval/greedy_acc" in h]
+    first, last = (evals[0], evals[-1]) if evals else (hist[0], hist[-1])
+    print(f"run: {run_dir}  (metrics.jsonl, curves.png, policy.pt)")
+    steps_with_entropy = [h for h in hist if "entropy" in h]
+    if steps_with_entropy:
+        print(f"sample entropy : {steps_with_entropy[0]['entropy']:.3f} -> {steps_with_entropy[-1]['entropy']:.3f} nats")
+    for key in ("eval/greedy_acc", "eval/pass@1", f"eval/pass@{k}"):
+        if key in first:
+            print(f"{key[5:]:<15}: {first[key]:.3f} -> {last[key]:.3f}  (step {first['step']} -> {last['step']})")
+
+
+def cmd_compare(a) -> None:
+    from .compare import format_summary, run_compare
+    recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    out = a.out if a.out != "runs" else os.path.join("runs", "compare_" + "_".join(recipes) + f"_{a.task}")
+    res = run_compare(recipes, a.seeds, _train_config(a), out)
+    print(format_summary(res["summary"], a.eval_k))
+    print(f"figures and summary.csv in {out}")
+
+
+def cmd_pretrain(a) -> None:
+    from dataclasses import replace
+    from toy_tasks import get_task
+    from .sft import BASE_RECIPES, SFTConfig, default_checkpoint, pretrain
+    get_task(a.task)
+    cfg = SFTConfig(task=a.task, seed=a.seed, **BASE_RECIPES.get(a.task, {}))
+    if a.steps:
+        cfg = replace(cfg, steps=a.steps)
+    out = a.out or default_checkpoint(a.task)
+    _, metrics = pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
+                          progress=not a.no_progress)
+    print(json.dumps({"checkpoint": out, **metrics}, indent=1))
+
+
+def cmd_bench(a) -> None:
+    from .bench import format_rows, run_bench
+    print(format_rows(run_bench()))
+
+
+def cmd_list(a) -> None:
+    from toy_tasks import TASKS
+    from .registry import list_recipes, list_stages
+    for stage, entries in list_stages().items():
+        print(f"{stage}:")
+        for name, e in entries.items():
+            print(f"  {name:<22} {e.paper}")
+    print("recipes:")
+    for name, r in list_recipes().items():
+        print(f"  {name:<22} rollout={r.rollout} reward={r.reward} advantage={r.advantage} loss={r.loss}   [{r.paper}]")
+    print("tasks:")
+    print("  " + ", ".join(TASKS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minirlvr", description="Entropy-related RLVR methods on a tiny transformer.")
+    sub = p.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="RL-train a policy from a base checkpoint (the main job)")
+    t.add_argument("--recipe", default="grpo")
+    for stage in ("rollout", "reward", "advantage", "loss"):
+        t.add_argument(f"--{stage}", default=None, help=f"registered {stage} function (overrides the recipe's)")
+    t.add_argument("--name", default=None, help="run folder name")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out/--name from its checkpoint")
+    _add_train_args(t, steps_default=200)
+    t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("compare", help="run several recipes over several seeds and plot them together")
+    c.add_argument("--recipes", required=True, help="comma-separated recipe names")
+    c.add_argument("--seeds", type=_positive_int, default=3)
+    _add_train_args(c, steps_default=200)
+    c.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("pretrain", help="supervised pre-training of a base checkpoint")
+    s.add_argument("--task", required=True)
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<task>.pt)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_pretrain)
+
+    b = sub.add_parser("bench", help="measure sampling and training throughput on this machine")
+    b.set_defaults(fn=cmd_bench)
+    lst = sub.add_parser("list", help="every registered stage function, recipe and task")
+    lst.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "fn", None):
+        parser.print_help()
+        return 2
+    from .trainer import TrainingDiverged
+    try:
+        a.fn(a)
+    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
+        print(f"minirlvr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minirlvr: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

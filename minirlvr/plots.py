@@ -1,0 +1,68 @@
+"""The standard figures: training curves (mean and spread over seeds) and pass@k vs k."""
+from __future__ import annotations
+
+import numpy as np
+
+import matplotlib.pyplot as plt
+
+LABELS = {
+    "entropy": "mean token entropy of samples (nats)",
+    "reward": "mean training reward",
+    "accuracy": "training accuracy",
+    "eval/greedy_acc": "held-out greedy accuracy",
+    "eval/pass@1": "held-out pass@1 (T=1)",
+    "completion_length": "response length (tokens)",
+    "clipfrac": "clip fraction",
+}
+
+
+def curve(histories: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and std across runs of `key` (steps where every run logged it)."""
+    per_run = [{h["step"]: h[key] for h in hist if key in h} for hist in histories]
+    steps = sorted(set.intersection(*(set(r) for r in per_run))) if per_run else []
+    vals = np.array([[r[s] for s in steps] for r in per_run], dtype=float)
+    if vals.size == 0:
+        return np.array([]), np.array([]), np.array([])
+    return np.array(steps), vals.mean(0), vals.std(0)
+
+
+def plot_curves(runs: dict[str, list[list[dict]]], keys=("entropy", "eval/greedy_acc", "eval/pass@8"),
+                path: str | None = None, title: str = ""):
+    """One panel per metric, one line per label (mean over seeds, band = +-1 std)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, hists in runs.items():
+            steps, mean, std = curve(hists, key)
+            if len(steps) == 0:
+                continue
+            line, = ax.plot(steps, mean, label=f"{label} (n={len(hists)})")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(LABELS.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_pass_at_k(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | None = None,
+                   title: str = "pass@k on held-out problems"):
+    """curves: label -> (k values, mean pass@k, std across seeds). Log-scaled k axis."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for label, (ks, mean, std) in curves.items():
+        line, = ax.plot(ks, mean, marker="o", ms=3, label=label)
+        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -1,0 +1,175 @@
+"""Name -> stage function, and recipes (a paper's choice of stages and settings).
+
+Four stages, one signature each (ctx is the trainer's StageContext):
+
+  rollout   fn(problems, cfg, ctx) -> RolloutBatch
+  reward    fn(batch, cfg, ctx) -> rewards [B]
+  advantage fn(batch, cfg, ctx) -> advantages [B, T]
+  loss      fn(out: PolicyOutput, batch, cfg, ctx) -> (scalar loss, metrics dict)
+
+A stage function is registered where it is defined:
+
+    @register("loss", "my_loss", config=MyLossConfig, paper="Me et al., 2026")
+    def my_loss(out, batch, cfg, ctx): ...
+
+and a recipe names one function per stage plus config overrides:
+
+    register_recipe(Recipe("my_method", loss="my_loss", loss_cfg={"beta": 0.1}))
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+STAGES = ("rollout", "reward", "advantage", "loss")
+
+
+@dataclass
+class StageEntry:
+    name: str
+    stage: str
+    fn: Callable
+    config: type | None   # a dataclass of the function's settings (None: takes no settings)
+    paper: str            # where it comes from, for `minirlvr list`
+
+
+@dataclass
+class Recipe:
+    """A named pipeline: one registered function per stage + overrides of their configs and of the trainer's."""
+    name: str
+    paper: str = ""
+    rollout: str = "plain"
+    reward: str = "verifier"
+    advantage: str = "grpo"
+    loss: str = "ppo_clip"
+    rollout_cfg: dict = field(default_factory=dict)
+    reward_cfg: dict = field(default_factory=dict)
+    advantage_cfg: dict = field(default_factory=dict)
+    loss_cfg: dict = field(default_factory=dict)
+    train_cfg: dict = field(default_factory=dict)  # TrainConfig overrides (e.g. minibatches)
+
+
+_STAGES: dict[str, dict[str, StageEntry]] = {s: {} for s in STAGES}
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register(stage: str, name: str, config: type | None = None, paper: str = ""):
+    """Decorator: register `fn` as stage function `name`."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if config is not None and not dataclasses.is_dataclass(config):
+        raise TypeError(f"config for {stage} {name!r} must be a dataclass, got {config!r}")
+
+    def deco(fn):
+        if name in _STAGES[stage] and _STAGES[stage][name].fn is not fn:
+            raise ValueError(f"{stage} function {name!r} is already registered")
+        _STAGES[stage][name] = StageEntry(name, stage, fn, config, paper)
+        return fn
+    return deco
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    if recipe.name in _RECIPES and _RECIPES[recipe.name] != recipe:
+        raise ValueError(f"recipe {recipe.name!r} is already registered")
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def load_all() -> None:
+    """Import every module that registers stages (baselines + one module per paper)."""
+    importlib.import_module("minirlvr.baselines")
+    importlib.import_module("minirlvr.methods")
+
+
+def get_stage(stage: str, name: str) -> StageEntry:
+    load_all()
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if name not in _STAGES[stage]:
+        raise ValueError(f"unknown {stage} function {name!r}; known: {', '.join(sorted(_STAGES[stage]))}")
+    return _STAGES[stage][name]
+
+
+def get_recipe(name: str) -> Recipe:
+    load_all()
+    if name not in _RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[name]
+
+
+def list_stages() -> dict[str, dict[str, StageEntry]]:
+    load_all()
+    return {s: dict(sorted(v.items())) for s, v in _STAGES.items()}
+
+
+def list_recipes() -> dict[str, Recipe]:
+    load_all()
+    return dict(sorted(_RECIPES.items()))
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check/convert one config value to its annotated type; strings from the CLI are parsed."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{where}: {value!r} fits none of {typ}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {args}")
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{where}: expected a bool, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected {typ.__name__}, got the bool {value!r}")
+        try:
+            out = typ(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+        if typ is int and isinstance(out, float):
+            if not out.is_integer():
+                raise ValueError(f"{where}: expected an int, got {value!r}")
+            out = int(out)
+        if typ is float and isinstance(out, int):
+            out = float(out)
+        if not isinstance(out, typ):
+            raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}")
+        return out
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value  # other annotations (tuples, dicts): taken as given
+
+
+def make_config(config_cls: type | None, overrides: dict | None = None, where: str = "config"):
+    """Instantiate a config dataclass with overrides; unknown keys and ill-typed values are errors."""
+    overrides = dict(overrides or {})
+    if config_cls is None:
+        if overrides:
+            raise ValueError(f"{where} takes no settings, got {sorted(overrides)}")
+        return None
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; valid settings: {', '.join(names)}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in overrides.items()}
+    return config_cls(**values)
