@@ -153,7 +153,7 @@ def _check_finite(step: int, loss: torch.Tensor, terms: dict, where: str):
     if torch.isfinite(loss):
         return
     bad = [k for k, v in terms.items() if isinstance(v, float) and not math.isfinite(v)]
-    raise TrainingDiverged(f"step {step}: {where} is {float(loss)}" + (f" (non-finite terms: {bad})" if bad else ""))
+    raise TrainingDiverged(f"step {step + 1}: {where} is {float(loss.detach())}" + (f" (non-finite terms: {bad})" if bad else ""))
 
 
 def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict:
@@ -249,10 +249,10 @@ def train(cfg: TrainConfig) -> dict:
                 gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
                 if not torch.isfinite(gnorm):
                     bad = [n for n, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-                    raise TrainingDiverged(f"step {step}: gradient of loss {pipe.loss.name!r} is non-finite "
+                    raise TrainingDiverged(f"step {step + 1}: gradient of loss {pipe.loss.name!r} is non-finite "
                                            f"(parameters {bad[:3]}); last good checkpoint: {ckpt_path}")
                 opt.step()
-                for k, v in {**m, "loss": float(loss), "grad_norm": float(gnorm)}.items():
+                for k, v in {**m, "loss": float(loss.detach()), "grad_norm": float(gnorm)}.items():
                     terms.setdefault(k, []).append(float(v))
         # ---- metrics
         rewards = batch.rewards.float().cpu()

@@ -170,6 +170,7 @@ def _expect_load_error(path, exc=ValueError):
     return str(e.value)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's remark on junk that looks like a pickle
 @given(junk=st.binary(min_size=0, max_size=300))
 def test_load_random_bytes(junk):
     with tempfile.TemporaryDirectory() as d:

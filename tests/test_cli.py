@@ -1,0 +1,68 @@
+"""The command line: clear one-line errors with a non-zero exit, list, compare outputs."""
+import os
+
+import pytest
+import torch
+
+from minirlvr.cli import main
+from minirlvr.model import GPT, GPTConfig, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(str(path), GPT(GPTConfig(d_model=32, n_layers=2, n_heads=2)))
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "subtraction"], "unknown task 'subtraction'; known tasks"),
+    (["train", "--recipe", "nope"], "unknown recipe 'nope'; known recipes"),
+    (["train", "--loss", "nope"], "unknown loss function 'nope'; known"),
+    (["train", "--init", "/nonexistent.pt"], "does not exist"),
+    (["train", "--set", "loss.nope=1"], "unknown setting"),
+    (["train", "--set", "oops"], "stage.key=value"),
+    (["train", "--group-size", "1"], "group_size must be >= 2"),
+    (["compare", "--recipes", "grpo,nope"], "unknown recipe 'nope'"),
+    (["pretrain", "--task", "nope"], "unknown task"),
+])
+def test_errors_are_one_line(argv, message, capsys, tmp_path):
+    code = main(argv + (["--out", str(tmp_path)] if argv[0] != "pretrain" else []) + ["--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("minirlvr: error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["train", "--steps", "0"], ["train", "--steps", "x"], ["compare"]])
+def test_argparse_errors_exit_nonzero(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code != 0
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["train", "--init", str(bad), "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "could not be read" in capsys.readouterr().err
+
+
+def test_list_shows_every_stage_and_recipe(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ppo_clip", "grpo", "dr_grpo", "rloo", "reinforce_pp", "dynamic", "overlong", "dapo", "addition"):
+        assert name in out
+
+
+def test_train_and_compare_write_their_outputs(tmp_path, tiny_ckpt, capsys):
+    common = ["--init", tiny_ckpt, "--steps", "2", "--prompts", "2", "-G", "2", "--eval-every", "1",
+              "--eval-problems", "2", "--eval-k", "2", "--no-progress"]
+    assert main(["train", "--out", str(tmp_path / "t"), *common]) == 0
+    run = tmp_path / "t" / "grpo_addition_s0"
+    assert {"metrics.jsonl", "curves.png", "policy.pt", "config.json"} <= set(os.listdir(run))
+    assert main(["compare", "--recipes", "grpo,dr_grpo", "--seeds", "2", "--out", str(tmp_path / "c"), *common]) == 0
+    assert {"curves.png", "pass_at_k.png", "summary.csv"} <= set(os.listdir(tmp_path / "c"))
+    out = capsys.readouterr().out
+    assert "grpo" in out and "dr_grpo" in out
