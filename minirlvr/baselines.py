@@ -169,8 +169,8 @@ def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None 
     mask = batch.response_mask
     pg_mat, ratio, clipped = ppo_clip_per_token(out.logp, batch.old_logp, batch.advantages,
                                                 cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c)
-    if token_weight is not None:
-        pg_mat = pg_mat * token_weight
+    if token_weight is not None:  # where(): a zero weight must silence even an inf term
+        pg_mat = torch.where(token_weight != 0, pg_mat * token_weight, torch.zeros_like(pg_mat))
     loss = aggregate(pg_mat, mask, cfg.agg, cfg.max_len)
     metrics = {"pg_loss": float(loss.detach()), "clipfrac": float(masked_mean(clipped.float(), mask)),
                "ratio_mean": float(masked_mean(ratio.detach(), mask)),

@@ -89,7 +89,7 @@ def cmd_compare(a) -> None:
     from .compare import format_summary, run_compare
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
     out = a.out if a.out != "runs" else os.path.join("runs", "compare_" + "_".join(recipes) + f"_{a.task}")
-    res = run_compare(recipes, a.seeds, _train_config(a), out)
+    res = run_compare(recipes, a.seeds, _train_config(a), out, leash_n=a.leash_n)
     print(format_summary(res["summary"], a.eval_k))
     print(f"figures and summary.csv in {out}")
 
@@ -104,7 +104,7 @@ def cmd_pretrain(a) -> None:
         cfg = replace(cfg, steps=a.steps)
     out = a.out or default_checkpoint(a.task)
     _, metrics = pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
-                          progress=not a.no_progress)
+                          progress=not a.no_progress, scan_every=a.scan_every)
     print(json.dumps({"checkpoint": out, **metrics}, indent=1))
 
 
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several recipes over several seeds and plot them together")
     c.add_argument("--recipes", required=True, help="comma-separated recipe names")
     c.add_argument("--seeds", type=_positive_int, default=3)
+    c.add_argument("--leash-n", type=int, default=32,
+                   help="samples per held-out problem for pass@k up to k=n and support metrics vs the base (0: skip)")
     _add_train_args(c, steps_default=200)
     c.set_defaults(fn=cmd_compare)
 
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<task>.pt)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--scan-every", type=int, default=0, help="print a quick evaluation every N steps")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_pretrain)
 

@@ -3,8 +3,10 @@
 Seeds are the outer loop and recipes the inner one, so a slow machine drifts
 evenly over all recipes. Writes into `out_dir`:
   curves.png        entropy, held-out greedy accuracy and pass@k over training
-  pass_at_k.png     final pass@k vs k per recipe (+ the base policy)
+  pass_at_k.png     final pass@k vs k per recipe and for the base policy (k up to leash_n)
   summary.csv       one row per recipe: final metrics as mean and std over seeds
+  support.csv       one row per recipe and seed: The Invisible Leash's support metrics
+                    (methods/invisible_leash.py) of the trained policy against the base
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from .trainer import TrainConfig, train
 SUMMARY_KEYS = ("entropy", "reward", "eval/greedy_acc", "eval/pass@1", "eval/entropy")
 
 
-def run_compare(recipes: list[str], seeds: int, base: TrainConfig, out_dir: str) -> dict:
-    """Train every recipe for every seed; returns {"runs": {recipe: [history per seed]}, "summary": rows}."""
+def run_compare(recipes: list[str], seeds: int, base: TrainConfig, out_dir: str, leash_n: int = 32) -> dict:
+    """Train every recipe for every seed, then sample leash_n answers per held-out problem from the
+    trained and the base policy (0: skip). Returns {"runs": {recipe: [history per seed]},
+    "leash": {recipe: [flat support metrics per seed]}, "summary": rows}."""
     if not recipes:
         raise ValueError("compare needs at least one recipe")
     if seeds < 1:
@@ -28,19 +32,46 @@ def run_compare(recipes: list[str], seeds: int, base: TrainConfig, out_dir: str)
     from . import registry
     for r in recipes:
         registry.get_recipe(r)  # fail before any training if a name is wrong
+    if leash_n < 0:
+        raise ValueError(f"leash_n must be >= 0, got {leash_n}")
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list] = {r: [] for r in recipes}
+    leash: dict[str, list] = {r: [] for r in recipes}
+    measure = _leash_setup(base, leash_n) if leash_n else None
     for seed in range(seeds):
         for recipe in recipes:
             cfg = replace(base, recipe=recipe, seed=base.seed + seed, out_dir=out_dir, name=f"{recipe}_s{base.seed + seed}")
-            runs[recipe].append(train(cfg)["history"])
-    summary = summarize(runs, base.eval_k)
-    write_outputs(runs, summary, base.eval_k, out_dir)
-    return {"runs": runs, "summary": summary}
+            res = train(cfg)
+            runs[recipe].append(res["history"])
+            if measure:
+                leash[recipe].append(measure(res["policy"]))
+    summary = summarize(runs, base.eval_k, leash)
+    write_outputs(runs, summary, base.eval_k, out_dir, leash)
+    return {"runs": runs, "leash": leash, "summary": summary}
 
 
-def summarize(runs: dict[str, list], k: int) -> list[dict]:
-    """Final-step metrics, mean and std over seeds, plus the base (step 0) pass@k."""
+def _leash_setup(base: TrainConfig, n: int):
+    """A function policy -> flat support metrics against the base, on the trainer's held-out problems."""
+    from toy_tasks import get_task
+    from .methods.invisible_leash import report_metrics, support_report
+    from .model import load_checkpoint
+    from .sft import default_checkpoint
+    task = get_task(base.task)
+    base_policy = load_checkpoint(base.init or default_checkpoint(base.task))[0]
+    problems = task.sample(base.eval_problems, np.random.default_rng(base.eval_seed), split="test")
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
+
+    def measure(policy) -> dict:
+        device = next(policy.parameters()).device
+        rep = support_report(base_policy.to(device), policy, task, problems, n, ks, seed=base.eval_seed,
+                             max_new_tokens=base.max_new_tokens)
+        return {"ks": ks, **report_metrics(rep)}
+    return measure
+
+
+def summarize(runs: dict[str, list], k: int, leash: dict[str, list] | None = None) -> list[dict]:
+    """Final-step metrics, mean and std over seeds, the base (step 0) pass@k, and (if measured)
+    support retention / net change and answer entropy at the largest leash budget."""
     rows = []
     keys = SUMMARY_KEYS + (f"eval/pass@{k}",)
     for recipe, hists in runs.items():
@@ -50,6 +81,12 @@ def summarize(runs: dict[str, list], k: int) -> list[dict]:
             row[f"{key}_mean"], row[f"{key}_std"] = float(np.nanmean(vals)), float(np.nanstd(vals))
         base = [hist[0].get(f"eval/pass@{k}", np.nan) for hist in hists if hist and hist[0]["step"] == 0]
         row[f"base_pass@{k}"] = float(np.nanmean(base)) if base else float("nan")
+        for m in (leash or {}).get(recipe, [])[:1]:
+            n = m["ks"][-1]
+            for key in (f"rl/pass@{n}", f"base/pass@{n}", f"support/srr@{n}", f"support/nscr@{n}",
+                        "rl/answer_entropy", "base/answer_entropy"):
+                vals = [mm[key] for mm in leash[recipe]]
+                row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
         rows.append(row)
     return rows
 
@@ -65,14 +102,32 @@ def final_pass_at_k(hists: list[list[dict]], k: int, step: int | None = None):
     return np.arange(1, k + 1), vals.mean(0), vals.std(0)
 
 
-def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: str) -> None:
+def leash_pass_at_k(metrics: list[dict], who: str):
+    """(ks, mean, std) over seeds of pass@k from the leash samples of `who` ("rl" or "base")."""
+    ks = np.array(metrics[0]["ks"])
+    vals = np.array([[m[f"{who}/pass@{kk}"] for kk in ks] for m in metrics])
+    return ks, vals.mean(0), vals.std(0)
+
+
+def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: str,
+                  leash: dict[str, list] | None = None) -> None:
     from .plots import plot_curves, plot_pass_at_k
     import matplotlib.pyplot as plt
     fig = plot_curves(runs, keys=("entropy", "eval/greedy_acc", f"eval/pass@{k}"),
                       path=os.path.join(out_dir, "curves.png"))
     plt.close(fig)
-    curves = {"base": final_pass_at_k(next(iter(runs.values())), k, step=0)}
-    curves.update({r: final_pass_at_k(h, k) for r, h in runs.items()})
+    if leash and all(leash.values()):
+        curves = {"base": leash_pass_at_k(next(iter(leash.values())), "base")}
+        curves.update({r: leash_pass_at_k(m, "rl") for r, m in leash.items()})
+        with open(os.path.join(out_dir, "support.csv"), "w", newline="") as f:
+            rows = [{"recipe": r, "seed": i, **{key: v for key, v in m.items() if key != "ks"}}
+                    for r, ms in leash.items() for i, m in enumerate(ms)]
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        curves = {"base": final_pass_at_k(next(iter(runs.values())), k, step=0)}
+        curves.update({r: final_pass_at_k(h, k) for r, h in runs.items()})
     fig = plot_pass_at_k(curves, path=os.path.join(out_dir, "pass_at_k.png"))
     plt.close(fig)
     with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
@@ -84,6 +139,9 @@ def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: s
 def format_summary(summary: list[dict], k: int) -> str:
     cols = [("entropy", "entropy"), ("eval/greedy_acc", "greedy acc"), ("eval/pass@1", "pass@1"),
             (f"eval/pass@{k}", f"pass@{k}")]
+    n = next((key.split("@")[1].split("_")[0] for key in summary[0] if key.startswith("support/srr@")), None)
+    if n:
+        cols += [(f"rl/pass@{n}", f"pass@{n}"), (f"support/srr@{n}", f"SRR@{n}"), (f"support/nscr@{n}", f"NSCR@{n}")]
     head = f"{'recipe':<18}" + "".join(f"{name:>18}" for _, name in cols)
     lines = [head, "-" * len(head)]
     for row in summary:

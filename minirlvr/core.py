@@ -170,6 +170,12 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
     raise ValueError(f"unknown KL estimator {kind!r}; known: k1, k2, k3")
 
 
+def clamped_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, bound: float = 20.0) -> torch.Tensor:
+    """log r = log pi - log pi_old, clamped to [-bound, bound] so exp() cannot overflow (e^20 ~ 5e8,
+    far beyond any clip range, so the clamp never changes a clipped loss)."""
+    return (logp - old_logp).clamp(-bound, bound)
+
+
 def ppo_clip_per_token(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                        clip_low: float = 0.2, clip_high: float = 0.2,
                        clip_ratio_c: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,8 +188,7 @@ def ppo_clip_per_token(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
     Returns (loss [B, T], ratio [B, T], clipped [B, T] bool: the clipped branch is active,
     i.e. the token's gradient is zero because of clipping).
     """
-    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)  # exp() of a huge gap would overflow; the clip makes it moot
-    ratio = log_ratio.exp()
+    ratio = clamped_log_ratio(logp, old_logp).exp()
     unclipped = -advantages * ratio
     clipped_val = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped_val)

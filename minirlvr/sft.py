@@ -33,7 +33,8 @@ class SFTConfig:
     task: str = "addition"
     steps: int = 400          # optimizer steps (the early stop that makes the base intermediate)
     batch_size: int = 64      # demonstrations per step
-    lr: float = 1e-3          # AdamW peak, linear warmup then cosine decay to 10%
+    lr: float = 1e-3          # AdamW, linear warm-up then constant: a run of N steps is the prefix of a
+                              # longer one, so one scan (scan_every) shows the skill at every N
     warmup: int = 50
     weight_decay: float = 0.01
     seed: int = 0
@@ -45,7 +46,7 @@ class SFTConfig:
 
 # Steps per task for the shipped base checkpoints (chosen for intermediate skill, see module doc).
 BASE_RECIPES: dict[str, dict] = {
-    "addition": dict(steps=400),
+    "addition": dict(steps=1000),
     "addition_scratchpad": dict(steps=400),
     "multiplication": dict(steps=400),
     "multiplication_scratchpad": dict(steps=400),
@@ -91,8 +92,9 @@ def evaluate(model, task, n_problems: int = 200, group_size: int = 8, seed: int 
 
 
 def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", progress: bool = True,
-             half: bool = True) -> tuple[GPT, dict]:
-    """Train a base policy on demonstrations; save it to `out_path` if given. Returns (model, eval metrics)."""
+             half: bool = True, scan_every: int = 0) -> tuple[GPT, dict]:
+    """Train a base policy on demonstrations; save it to `out_path` if given. Returns (model, eval metrics).
+    scan_every > 0 prints a quick evaluation (100 problems) every that many steps, to choose a step count."""
     from toy_tasks import get_task
     task = get_task(cfg.task)
     if cfg.steps < 1:
@@ -101,8 +103,7 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     rng = np.random.default_rng(cfg.seed)
     model = GPT(GPTConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
-        0.1 + 0.45 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
     t0 = time.time()
     steps = range(cfg.steps)
     if progress:
@@ -123,6 +124,11 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
         sched.step()
         if progress and step % 20 == 0:
             steps.set_postfix(loss=f"{loss.item():.3f}")
+        if scan_every and (step + 1) % scan_every == 0:
+            model.eval()
+            print(f"scan {cfg.task} step {step + 1}: loss {loss.item():.3f}", evaluate(model, task, n_problems=100),
+                  flush=True)
+            model.train()
     model.eval()
     if half:  # evaluate exactly the weights that will be shipped
         with torch.no_grad():

@@ -444,7 +444,7 @@ def ppo_inputs(draw):
     n = draw(st.integers(1, 12))
     logp = draw(arrays(np.float64, n, elements=st.floats(-6, 0)))
     gap = draw(arrays(np.float64, n, elements=st.one_of(st.floats(-3, 3), st.floats(-0.3, 0.3))))
-    adv = draw(arrays(np.float64, n, elements=st.floats(-5, 5)))
+    adv = draw(arrays(np.float64, n, elements=st.one_of(st.floats(-5, 5), st.floats(0.01, 5), st.floats(-5, -0.01))))
     clip_low = draw(st.floats(0.01, 0.9))
     clip_high = draw(st.floats(0.01, 2.0))
     c = draw(st.one_of(st.none(), st.floats(1.01, 10.0)))
@@ -469,10 +469,10 @@ def np_ppo(logp, old, adv, lo, hi, c):
 def test_ppo_clip_matches_formula_and_gradient_zero_exactly_where_clipped(inp):
     logp, old, adv, lo, hi, c = inp
     r = np.exp(logp - old)
-    assume(np.all(np.abs(r - (1 - lo)) > 1e-6) and np.all(np.abs(r - (1 + hi)) > 1e-6))
+    # tokens where "gradient zero <=> clipped" is well defined: A != 0, ratio off every boundary
+    regular = (np.abs(adv) > 1e-6) & (np.abs(r - (1 - lo)) > 1e-6) & (np.abs(r - (1 + hi)) > 1e-6)
     if c is not None:
-        assume(np.all(np.abs(r - c) > 1e-6))
-    assume(np.all(np.abs(adv) > 1e-6))
+        regular &= np.abs(r - c) > 1e-6
     lt = t64(logp).requires_grad_(True)
     loss, ratio, clipped = ppo_clip_per_token(lt, t64(old), t64(adv), lo, hi, c)
     e_loss, e_r, e_clipped = np_ppo(logp, old, adv, lo, hi, c)
@@ -482,9 +482,9 @@ def test_ppo_clip_matches_formula_and_gradient_zero_exactly_where_clipped(inp):
     loss.sum().backward()
     g = lt.grad.numpy()
     assert np.isfinite(g).all()
-    assert ((g == 0) == clipped.numpy()).all(), (g, clipped)
+    assert ((g == 0) == clipped.numpy())[regular].all(), (g, clipped)
     # where unclipped the gradient is the plain policy-gradient one: d(-A r)/dlogp = -A r
-    unc = ~clipped.numpy()
+    unc = ~clipped.numpy() & regular
     np.testing.assert_allclose(g[unc], (-adv * e_r)[unc], rtol=1e-12, atol=1e-12)
 
 

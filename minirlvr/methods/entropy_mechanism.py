@@ -34,7 +34,9 @@ Facts users trip on (official code vs paper):
     is `n_selected` (a count) and `clipfrac` is the PPO-clip fraction.
   * At toy scale (~1-2k tokens per loss call) the official rho / kappa select 1-4 tokens and c rarely lands
     in (1, 5): try `--set loss.kl_ratio=0.02`, or `--set loss.clip_ratio=0.02` with cov_lb / cov_ub set
-    from the logged distribution of c (e.g. its 90-99th percentile band).
+    from the distribution of `covariance_score` on a batch (e.g. its 90-99th percentile band).
+  * Clip-Cov's random pick uses ctx.generator (the trainer's seeded one) or, with ctx=None, a generator
+    seeded with cfg.seed, so it is reproducible; the original draws from torch's unseeded global RNG.
   * The paper's runs add DAPO dynamic sampling: `--rollout dynamic` gives that.
   * `entropy_change_diagnostics` measures dH on the tokens the step just trained on (the rollout batch),
     which falls much faster than the entropy of fresh samples; `dH_first_order` uses the actual logit change
@@ -49,7 +51,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..core import aggregate, entropy_change_first_order, masked_mean, ppo_clip_per_token
+from ..core import aggregate, clamped_log_ratio, entropy_change_first_order, masked_mean, ppo_clip_per_token
 from ..registry import Recipe, register, register_recipe
 from ..rollout import policy_forward
 
@@ -130,7 +132,7 @@ class KLCovConfig:
 @register("loss", "kl_cov", config=KLCovConfig, paper=PAPER)
 def kl_cov_loss(out, batch, cfg: KLCovConfig, ctx):
     mask = batch.response_mask
-    log_ratio = (out.logp - batch.old_logp).clamp(-20.0, 20.0)  # as core: exp() of a huge gap would overflow
+    log_ratio = clamped_log_ratio(out.logp, batch.old_logp)
     pg_mat = -batch.advantages * log_ratio.exp()                  # unclipped policy gradient
     c = covariance_score(out.logp, batch.advantages, mask)
     selected = kl_cov_select(c, mask, cfg.kl_ratio)
@@ -160,7 +162,7 @@ def entropy_change_diagnostics(policy, batch) -> dict[str, float]:
     out["dH_measured"] = float(masked_mean(new.entropy - batch.old_entropy.to(new.entropy), mask))
     if batch.old_logits is not None:
         old = batch.old_logits.to(new.logits)
-        out["dH_first_order"] = float(masked_mean(entropy_change_first_order(new.logits, old - new.logits), mask))
+        out["dH_first_order"] = float(masked_mean(entropy_change_first_order(old, new.logits - old), mask))
     return out
 
 

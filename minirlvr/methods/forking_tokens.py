@@ -40,6 +40,9 @@ ceil/floor act on rho N rounded to 6 decimals (0.2 * 15 must not count as 3.0000
 order, so among equal entropies the earlier token (lower row, then lower position) is
 taken first by "top" and last by "bottom". A NaN entropy sorts as the largest.
 
+Metrics: entropy_threshold (min entropy over the selected tokens: tau_rho for "top"),
+frac_selected (sum M / sum m), entropy_selected_mean, entropy_unselected_mean (valid only).
+
 Pitfalls: the normaliser changes the effective learning rate by ~1/rho (compare
 ablations with one normaliser); the entropy must come from the current policy at the
 training temperature, not from the sampler; verl selects per micro-batch, the paper

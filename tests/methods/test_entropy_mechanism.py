@@ -137,6 +137,23 @@ def test_clip_cov_same_seed_same_selection(case, seed):
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[2], grads[3])
 
 
+@pytest.mark.parametrize("ratio", [0.0, 2e-4, 0.013, 0.07, 0.2, 0.5, 1.0])
+def test_selected_counts_on_a_large_call(ratio):
+    """n = min(|C|, max(1, floor(ratio N))) and k = max(1, floor(ratio N)) on N = 197 tokens, all in the band."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(10, 20, dtype=torch.long)
+    mask[0, 17:] = 0
+    logp = -torch.rand(10, 20, generator=g, dtype=torch.float64) * 3
+    batch = SimpleNamespace(old_logp=logp.clone(), advantages=torch.randn(10, 20, generator=g, dtype=torch.float64),
+                            response_mask=mask)
+    out = SimpleNamespace(logp=logp.requires_grad_(True))
+    want = max(1, math.floor(ratio * 197))
+    _, met = clip_cov_loss(out, batch, ClipCovConfig(clip_ratio=ratio, cov_lb=-1e9, cov_ub=1e9), None)
+    assert met["n_selected"] == want and met["cov_candidates"] == 197
+    _, met = kl_cov_loss(out, batch, KLCovConfig(kl_ratio=ratio), None)
+    assert met["n_selected"] == want
+
+
 def test_clip_cov_seeds_differ():
     """With many candidates and few picks, different seeds pick different tokens."""
     c = torch.linspace(1.1, 4.9, 200).view(10, 20)
