@@ -33,8 +33,7 @@ class SFTConfig:
     task: str = "addition"
     steps: int = 400          # optimizer steps (the early stop that makes the base intermediate)
     batch_size: int = 64      # demonstrations per step
-    lr: float = 1e-3          # AdamW, linear warm-up then constant: a run of N steps is the prefix of a
-                              # longer one, so one scan (scan_every) shows the skill at every N
+    lr: float = 1e-3          # AdamW peak, linear warm-up then cosine decay to 10% at `steps`
     warmup: int = 50
     weight_decay: float = 0.01
     seed: int = 0
@@ -94,7 +93,8 @@ def evaluate(model, task, n_problems: int = 200, group_size: int = 8, seed: int 
 def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", progress: bool = True,
              half: bool = True, scan_every: int = 0) -> tuple[GPT, dict]:
     """Train a base policy on demonstrations; save it to `out_path` if given. Returns (model, eval metrics).
-    scan_every > 0 prints a quick evaluation (100 problems) every that many steps, to choose a step count."""
+    scan_every > 0 prints a quick evaluation (100 problems) every that many steps (with the cosine
+    schedule these are not the skills of shorter runs, only a guide)."""
     from toy_tasks import get_task
     task = get_task(cfg.task)
     if cfg.steps < 1:
@@ -103,7 +103,8 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     rng = np.random.default_rng(cfg.seed)
     model = GPT(GPTConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
+        0.1 + 0.45 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps)))))
     t0 = time.time()
     steps = range(cfg.steps)
     if progress:

@@ -183,7 +183,8 @@ def test_load_random_bytes(junk):
 def test_load_truncated(tmp_path):
     path = str(tmp_path / "good.pt")
     save_checkpoint(path, make_model(1))
-    blob = open(path, "rb").read()
+    with open(path, "rb") as f:
+        blob = f.read()
     for frac in (0.0, 0.1, 0.5, 0.9, 0.99):
         cut = str(tmp_path / f"cut{frac}.pt")
         with open(cut, "wb") as f:

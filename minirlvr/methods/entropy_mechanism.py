@@ -183,7 +183,13 @@ def fit_entropy_law(H, R) -> dict[str, float]:
     return {"a": float(a), "b": float(b), "ceiling": float(b - a), "rmse": rmse}
 
 
-register_recipe(Recipe("clip_cov", paper=PAPER, rollout="plain", reward="verifier", advantage="grpo",
-                       loss="clip_cov", loss_cfg={"agg": "token-mean"}))
-register_recipe(Recipe("kl_cov", paper=PAPER, rollout="plain", reward="verifier", advantage="grpo",
-                       loss="kl_cov", loss_cfg={"agg": "token-mean"}))
+# The configs above keep the official defaults; the recipes use toy-scale values, because a loss call
+# here has ~130 tokens (official runs: 1e5-1e6), where rho = 2e-4 or kappa = 2e-3 pick a single token.
+# ratio 0.02 is inside the card's suggested toy range (0.01-0.05); the Clip-Cov band (0.5, 5) starts near
+# the 90th percentile of c on the addition base policy's rollouts (tutorial 02, measured before any run).
+TOY_SCALE = "toy-scale thresholds (official defaults in the config dataclasses)"
+register_recipe(Recipe("clip_cov", paper=f"{PAPER}; {TOY_SCALE}", rollout="plain", reward="verifier",
+                       advantage="grpo", loss="clip_cov",
+                       loss_cfg={"agg": "token-mean", "clip_ratio": 0.02, "cov_lb": 0.5, "cov_ub": 5.0}))
+register_recipe(Recipe("kl_cov", paper=f"{PAPER}; {TOY_SCALE}", rollout="plain", reward="verifier",
+                       advantage="grpo", loss="kl_cov", loss_cfg={"agg": "token-mean", "kl_ratio": 0.02}))
