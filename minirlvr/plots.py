@@ -11,9 +11,21 @@ LABELS = {
     "accuracy": "training accuracy",
     "eval/greedy_acc": "held-out greedy accuracy",
     "eval/pass@1": "held-out pass@1 (T=1)",
+    "eval/entropy": "token entropy on held-out problems (nats)",
+    "entropy_p90": "90th percentile of sample token entropy",
     "completion_length": "response length (tokens)",
     "clipfrac": "clip fraction",
 }
+
+
+def label(key: str) -> str:
+    if key in LABELS:
+        return LABELS[key]
+    if key.startswith("eval/pass@"):
+        return f"held-out {key[5:]} (T=1)"
+    if key.startswith("eval/"):
+        return f"held-out {key[5:]}"
+    return key
 
 
 def curve(histories: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,7 +50,7 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys=("entropy", "eval/greedy
             line, = ax.plot(steps, mean, label=f"{label} (n={len(hists)})")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("RL step")
-        ax.set_ylabel(LABELS.get(key, key))
+        ax.set_ylabel(label(key))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:

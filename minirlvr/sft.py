@@ -46,11 +46,11 @@ class SFTConfig:
 # Steps per task for the shipped base checkpoints (chosen for intermediate skill, see module doc).
 BASE_RECIPES: dict[str, dict] = {
     "addition": dict(steps=1000),
-    "addition_scratchpad": dict(steps=400),
-    "multiplication": dict(steps=400),
-    "multiplication_scratchpad": dict(steps=400),
+    "addition_scratchpad": dict(steps=250),
+    "multiplication": dict(steps=700),
+    "multiplication_scratchpad": dict(steps=300),
     "countdown": dict(steps=400),
-    "chain": dict(steps=400),
+    "chain": dict(steps=1000),
 }
 
 

@@ -106,5 +106,16 @@ for key in ("entropy", "eval/entropy", "eval/greedy_acc", "eval/pass@1", "eval/p
 # %% [markdown]
 # ## What we saw
 #
-# See the printed table above (start -> end, mean ± std over the seeds). The closing
-# summary of the full run is written below it when the notebook is regenerated.
+# Full run: 3 seeds x 300 steps, 16 prompts x 8 samples per step, AdamW lr 1e-5 (mean ± std over seeds;
+# the step-0 values have no spread because every seed starts from the same base and is evaluated on
+# the same held-out problems).
+#
+# * **Entropy fell, steadily.** Training-sample entropy 0.469 ± 0.009 -> 0.383 ± 0.011 nats (-18%);
+#   on held-out problems 0.445 -> 0.371 ± 0.005. This is a slow decline, not the sharp early collapse
+#   reported at LLM scale: at lr 1e-5 the policy moves slowly. (We measured that a single AdamW step
+#   at lr 1e-4 already undoes much of this base's skill, so 1e-5 is the default here.)
+# * **Precision rose.** Held-out greedy accuracy 0.492 -> 0.542 ± 0.019, pass@1 at T = 1
+#   0.340 -> 0.392 ± 0.007.
+# * **Reach did not.** pass@8 0.867 -> 0.878 ± 0.007, about flat: GRPO made correct answers more likely
+#   where the base could already find them, and did not make new problems solvable within 8 samples.
+#   Tutorial 04 (The Invisible Leash) looks at this with up to 256 samples per problem.
