@@ -18,7 +18,7 @@ LABELS = {
 }
 
 
-def label(key: str) -> str:
+def axis_label(key: str) -> str:
     if key in LABELS:
         return LABELS[key]
     if key.startswith("eval/pass@"):
@@ -50,7 +50,7 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys=("entropy", "eval/greedy
             line, = ax.plot(steps, mean, label=f"{label} (n={len(hists)})")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("RL step")
-        ax.set_ylabel(label(key))
+        ax.set_ylabel(axis_label(key))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:

@@ -5,15 +5,6 @@ import pytest
 import torch
 
 from minirlvr.cli import main
-from minirlvr.model import GPT, GPTConfig, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(str(path), GPT(GPTConfig(d_model=32, n_layers=2, n_heads=2)))
-    return str(path)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,16 +11,7 @@ import pytest
 import torch
 
 from minirlvr import registry
-from minirlvr.model import GPT, GPTConfig, save_checkpoint
 from minirlvr.trainer import TrainConfig, TrainingDiverged, build_pipeline, train
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(str(path), GPT(GPTConfig(d_model=32, n_layers=2, n_heads=2)))
-    return str(path)
 
 
 def small(tmp_path, ckpt, **kw):
