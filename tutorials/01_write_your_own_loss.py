@@ -147,4 +147,19 @@ fig = plot_curves(result["runs"], keys=("entropy", "eval/greedy_acc", "eval/pass
 # %% [markdown]
 # ## What we saw
 #
-# The closing numbers are in the table printed above (final step, mean ± std over seeds).
+# * **The identity holds to second order for both losses.** Halving the step divides the gap
+#   between the exact entropy change and $-\operatorname{Cov}_\pi(\log\pi,\delta)$ by 3.5-3.9
+#   (PPO: 2.35e-3, 6.7e-4, 1.8e-4, 4.6e-5). In this bandit the rewarded actions are the likely
+#   ones, so PPO lowers entropy (-0.0248 nats at eta = 0.1) and damping the confident positives
+#   lowers it less (-0.0192).
+# * **On the toy task** (3 seeds x 300 steps, final step, mean ± std): sample entropy 0.403 ± 0.017
+#   (damped) vs 0.383 ± 0.011 (GRPO): the damped loss kept slightly more entropy, as the identity
+#   predicts. It paid for it in precision: greedy accuracy 0.495 ± 0.013 vs 0.542 ± 0.019, pass@1
+#   0.371 ± 0.011 vs 0.392 ± 0.007. pass@8 (0.885 vs 0.878) and pass@32 (0.977 vs 0.964) are
+#   slightly higher for the damped loss, support retention similar (SRR@32 0.986 vs 0.976).
+#   The curves overlap for most of training: with 3 seeds, only the entropy gap and the final
+#   pass@1 gap are larger than the spread.
+# * GRPO's numbers are identical to tutorial 00's: same seeds, same numbers on CPU.
+#
+# The damped loss is a tutorial example, not a method from a paper: it shows the workflow
+# (one function, one decorator, an identity check, a comparison), not a recommendation.
