@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{stage}", default=None, help=f"registered {stage} function (overrides the recipe's)")
     t.add_argument("--name", default=None, help="run folder name")
     t.add_argument("--resume", action="store_true", help="continue the run in --out/--name from its checkpoint")
-    _add_train_args(t, steps_default=200)
+    _add_train_args(t, steps_default=300)
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("compare", help="run several recipes over several seeds and plot them together")

@@ -31,7 +31,7 @@ from . import registry
 from .metrics import accuracy, entropy_stats, length_stats, pass_at_k_groups
 from .model import GPT, load_checkpoint, save_checkpoint
 from .rollout import RolloutBatch, policy_forward, sample
-from .core import group_mean_std
+from .core import group_mean_std, kl_estimate, masked_mean
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,6 +70,7 @@ class TrainConfig:
     save_every: int = 50
     resume: bool = False
     entropy_diagnostics: bool = False  # measured vs first-order predicted entropy change per step
+    log_ref_kl: bool = True         # log kl_ref = TM(k3(pi_old, pi_init)) each step (one no-grad forward)
     progress: bool = True
 
     def __post_init__(self):
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig) -> dict:
     init = cfg.init or default_checkpoint(cfg.task)
     policy, _ = load_checkpoint(ckpt_path if cfg.resume else init, device)
     needs_ref = any(getattr(c, "kl_coef", 0) or getattr(c, "needs_reference", False) for c in pipe.configs.values())
-    ref_policy = load_checkpoint(init, device)[0] if needs_ref else None
+    ref_policy = load_checkpoint(init, device)[0] if needs_ref or cfg.log_ref_kl else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0  # noqa: E731
     eval_problems = task.sample(cfg.eval_problems, np.random.default_rng(cfg.eval_seed), split="test")
@@ -261,6 +262,8 @@ def train(cfg: TrainConfig) -> dict:
                **entropy_stats(batch.old_entropy, batch.response_mask),
                **length_stats(batch.response_mask, batch.truncated),
                "frac_reward_zero_std": float((gstd == 0).float().mean()),
+               **({"kl_ref": float(masked_mean(kl_estimate(batch.old_logp, batch.ref_logp, "k3"), batch.response_mask))}
+                  if batch.ref_logp is not None else {}),
                **{k: float(np.mean(v)) for k, v in terms.items()},
                **{k: v for k, v in batch.extras.items() if isinstance(v, (int, float))}}
         if cfg.entropy_diagnostics:

@@ -78,7 +78,7 @@ def test_every_baseline_recipe_trains_and_logs_finite_metrics(tmp_path, tiny_ckp
     hist = train(small(tmp_path, tiny_ckpt, recipe=recipe, steps=2))["history"]
     assert [h["step"] for h in hist] == [1, 2]
     for key in ("reward", "accuracy", "entropy", "entropy_p50", "completion_length", "clipfrac", "grad_norm",
-                "time_step", "frac_reward_zero_std"):
+                "time_step", "frac_reward_zero_std", "kl_ref"):
         assert all(math.isfinite(h[key]) for h in hist), key
 
 
@@ -128,6 +128,12 @@ def test_evaluation_logs_pass_at_k(tmp_path, tiny_ckpt):
     for h in evals:
         curve = [h[f"eval/pass@{k}"] for k in range(1, 5)]
         assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:]))
+
+
+def test_kl_to_reference_starts_at_zero_and_grows(tmp_path, tiny_ckpt):
+    hist = train(small(tmp_path, tiny_ckpt, steps=3, lr=1e-3))["history"]
+    assert hist[0]["kl_ref"] < 1e-6          # step 1 samples from the initial policy itself
+    assert hist[-1]["kl_ref"] > hist[0]["kl_ref"]
 
 
 def test_reference_policy_is_loaded_for_kl(tmp_path, tiny_ckpt):
