@@ -127,9 +127,16 @@ def cmd_list(a) -> None:
     print("  " + ", ".join(TASKS))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"minirlvr: error: {self.prog.split()[-1]}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minirlvr", description="Entropy-related RLVR methods on a tiny transformer.")
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(prog="minirlvr", description="Entropy-related RLVR methods on a tiny transformer.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="RL-train a policy from a base checkpoint (the main job)")
     t.add_argument("--recipe", default="grpo")

@@ -26,11 +26,15 @@ def test_errors_are_one_line(argv, message, capsys, tmp_path):
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv", [["train", "--steps", "0"], ["train", "--steps", "x"], ["compare"]])
-def test_argparse_errors_exit_nonzero(argv):
+@pytest.mark.parametrize("argv, message", [(["train", "--steps", "0"], "expected a positive integer, got 0"),
+                                           (["train", "--steps", "x"], "expected a positive integer, got 'x'"),
+                                           (["compare"], "--recipes"), (["train", "--bogus"], "unrecognized")])
+def test_argument_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("minirlvr: error:") and message in err
 
 
 def test_corrupt_checkpoint(tmp_path, capsys):
