@@ -66,7 +66,8 @@ def plot_pass_at_k(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     """curves: label -> (k values, mean pass@k, std across seeds). Log-scaled k axis."""
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for label, (ks, mean, std) in curves.items():
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=label)
+        style = dict(color="k", linestyle="--") if label == "base" else {}
+        line, = ax.plot(ks, mean, marker="o", ms=3, label=label, **style)
         ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples per problem)")
