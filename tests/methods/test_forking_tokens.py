@@ -94,7 +94,7 @@ def explicit_dapo_terms(batch, out):
     for i in range(B):
         for t in range(T):
             A = float(batch.advantages[i, t])
-            r = math.exp(min(20.0, max(-20.0, float(out.logp[i, t]) - float(batch.old_logp[i, t]))))
+            r = math.exp(min(20.0, max(-20.0, float(out.logp[i, t].detach()) - float(batch.old_logp[i, t]))))
             val = max(-A * r, -A * min(max(r, 0.8), 1.28))
             L[i, t] = min(val, -A * 10.0) if A < 0 else val
     return L
