@@ -235,7 +235,7 @@ def test_loss_value_against_explicit_loop(m, rho, seed, select):
         cfg = ForkingTokensConfig(rho=rho, select=select, normalizer=normalizer, seed=7)
         loss, _ = forking_tokens_loss(out, batch, cfg, None)
         want = sum(L[i, t] for i, t in zip(*np.nonzero(M))) / max(den, 1)
-        assert float(loss) == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert float(loss.detach()) == pytest.approx(want, rel=1e-9, abs=1e-12)
     # seq-mean-token-mean: row means over all tokens ("all") or over selected tokens ("selected")
     for normalizer in ("all", "selected"):
         cfg = ForkingTokensConfig(rho=rho, select=select, normalizer=normalizer, seed=7, agg="seq-mean-token-mean")
