@@ -162,16 +162,19 @@ class PPOClipConfig:
     entropy_coef: float = 0.0       # bonus: loss -= coef * aggregated token entropy
 
 
-def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None = None):
+def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None = None,
+              pg_mask: torch.Tensor | None = None):
     """PPO-clip loss plus the optional KL and entropy terms, aggregated with cfg.agg.
     `token_weight` [B, T] multiplies the policy-gradient term per token (masks of other
-    methods); the aggregation denominator still counts every response token."""
+    methods); the aggregation denominator still counts every response token.
+    `pg_mask` [B, T] instead replaces the response mask in the aggregation of the policy-gradient
+    term only (verl's way to train on selected tokens); KL, entropy and metrics keep every token."""
     mask = batch.response_mask
     pg_mat, ratio, clipped = ppo_clip_per_token(out.logp, batch.old_logp, batch.advantages,
                                                 cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c)
     if token_weight is not None:  # where(): a zero weight must silence even an inf term
         pg_mat = torch.where(token_weight != 0, pg_mat * token_weight, torch.zeros_like(pg_mat))
-    loss = aggregate(pg_mat, mask, cfg.agg, cfg.max_len)
+    loss = aggregate(pg_mat, mask if pg_mask is None else pg_mask, cfg.agg, cfg.max_len)
     metrics = {"pg_loss": float(loss.detach()), "clipfrac": float(masked_mean(clipped.float(), mask)),
                "ratio_mean": float(masked_mean(ratio.detach(), mask)),
                "ppo_kl": float(masked_mean((batch.old_logp - out.logp).detach(), mask))}

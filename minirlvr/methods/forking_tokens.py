@@ -23,9 +23,9 @@ Symbols
   official verl (normalizer="selected"):     loss = sum M L / sum M     (~ 1/rho larger)
 For other `agg` modes, "all" multiplies L by M and keeps cfg.agg over m (the row means
 of seq-mean-token-mean still divide by every response token), while "selected"
-runs cfg.agg over m * M as verl does (row means over a row's selected tokens, rows
-without one are left out). The seq-mean-token-sum(-norm) modes have no token count,
-so there the two normalizers coincide.
+runs cfg.agg of the PG term over m * M as verl does (row means over a row's selected
+tokens, rows without one are left out); KL / entropy terms, when on, still cover m.
+The seq-mean-token-sum(-norm) modes have no token count, so there the two coincide.
 
 Selection, over ALL valid tokens of one loss call (= one optimizer step here):
   top     the k = max(1, ceil(rho N)) highest-entropy tokens
@@ -51,7 +51,6 @@ with a deterministic tie-break rather than a >= threshold).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -128,10 +127,8 @@ def forking_tokens_loss(out, batch, cfg: ForkingTokensConfig, ctx):
     sel = top_entropy_mask(h, m, cfg.rho, cfg.select, generator=gen)
     if cfg.normalizer == "all":
         loss, metrics = ppo_terms(out, batch, cfg, token_weight=sel.to(out.logp.dtype))
-    elif cfg.normalizer == "selected":
-        # verl aggregates the PG term over m * M. Here the whole ppo_terms call sees m * M, so the
-        # optional KL / entropy-bonus terms (off in the paper) and clipfrac also cover selected tokens only
-        loss, metrics = ppo_terms(out, dataclasses.replace(batch, response_mask=m * sel.to(m.dtype)), cfg)
+    elif cfg.normalizer == "selected":  # verl: the PG term aggregated over m * M, KL / entropy over m
+        loss, metrics = ppo_terms(out, batch, cfg, pg_mask=m * sel.to(m.dtype))
     else:
         raise ValueError(f"unknown normalizer {cfg.normalizer!r}; use 'all' or 'selected'")
     valid = m.bool()

@@ -348,3 +348,18 @@ def test_smoke_train_random_tiny_policy(tmp_path):
     path = str(tmp_path / "tiny.pt")
     save_checkpoint(path, GPT(GPTConfig(d_model=16, n_layers=1, n_heads=2)))
     _train_two_steps(tmp_path, init=path)
+
+
+def test_selected_normalizer_restricts_only_the_pg_term():
+    """verl: the PG term is aggregated over m * M, while a KL penalty still covers every token."""
+    from minirlvr.core import aggregate, kl_estimate
+    m = np.ones((3, 5), dtype=bool)
+    m[1, 3:] = False
+    batch, out = make_batch(m, seed=4)
+    batch.ref_logp = batch.old_logp - 0.3 * torch.rand(batch.old_logp.shape, dtype=torch.float64)
+    base = dict(rho=0.4, normalizer="selected")
+    with torch.no_grad():
+        plain, _ = forking_tokens_loss(out, batch, ForkingTokensConfig(**base), None)
+        with_kl, _ = forking_tokens_loss(out, batch, ForkingTokensConfig(**base, kl_coef=0.5), None)
+        kl_all = aggregate(kl_estimate(out.logp, batch.ref_logp, "k3"), batch.response_mask, "token-mean")
+    assert float(with_kl - plain) == pytest.approx(0.5 * float(kl_all), rel=1e-12)
