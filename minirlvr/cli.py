@@ -123,6 +123,16 @@ def cmd_list(a) -> None:
     print("recipes:")
     for name, r in list_recipes().items():
         print(f"  {name:<22} rollout={r.rollout} reward={r.reward} advantage={r.advantage} loss={r.loss}   [{r.paper}]")
+    import importlib
+    import pkgutil
+    from . import methods
+    used = {e.fn.__module__ for entries in list_stages().values() for e in entries.values()}
+    analysis = [m.name for m in pkgutil.iter_modules(methods.__path__) if f"minirlvr.methods.{m.name}" not in used]
+    if analysis:
+        print("evaluation / analysis modules (no stage):")
+        for name in analysis:
+            doc = (importlib.import_module(f"minirlvr.methods.{name}").__doc__ or "").strip().splitlines()
+            print(f"  {name:<22} {doc[0] if doc else ''}")
     print("tasks:")
     print("  " + ", ".join(TASKS))
 

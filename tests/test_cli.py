@@ -47,7 +47,8 @@ def test_corrupt_checkpoint(tmp_path, capsys):
 def test_list_shows_every_stage_and_recipe(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("ppo_clip", "grpo", "dr_grpo", "rloo", "reinforce_pp", "dynamic", "overlong", "dapo", "addition"):
+    for name in ("ppo_clip", "grpo", "dr_grpo", "rloo", "reinforce_pp", "dynamic", "overlong", "dapo", "addition",
+                 "clip_cov", "kl_cov", "forking_tokens", "invisible_leash"):
         assert name in out
 
 
