@@ -245,7 +245,7 @@ def test_loss_value_against_explicit_loop(m, rho, seed, select):
             if count:
                 rows.append(sum(L[i, t] for t in range(m.shape[1]) if M[i, t]) / count)
         want = sum(rows) / max(len(rows), 1)
-        assert float(forking_tokens_loss(out, batch, cfg, None)[0]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert float(forking_tokens_loss(out, batch, cfg, None)[0].detach()) == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
 @given(m=masks(), rho=st.floats(0, 1), seed=st.integers(0, 10 ** 6))
