@@ -104,7 +104,7 @@ def cmd_pretrain(a) -> None:
         cfg = replace(cfg, steps=a.steps)
     out = a.out or default_checkpoint(a.task)
     _, metrics = pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
-                          progress=not a.no_progress, scan_every=a.scan_every)
+                          progress=not a.no_progress)
     print(json.dumps({"checkpoint": out, **metrics}, indent=1))
 
 
@@ -171,7 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<task>.pt)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--scan-every", type=int, default=0, help="print a quick evaluation every N steps")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_pretrain)
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .core import masked_mean
+from .rollout import sample
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -54,4 +55,19 @@ def length_stats(response_mask: torch.Tensor, truncated: torch.Tensor | None = N
     out = {"completion_length": float(lengths.mean()), "completion_length_max": float(lengths.max())}
     if truncated is not None:
         out["truncated_frac"] = float(truncated.float().mean())
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: int) -> dict[str, float]:
+    """Greedy accuracy, pass@1..k at temperature 1 from k samples per problem (unbiased), and the
+    mean token entropy of those samples. The same `seed` gives the same samples."""
+    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
+    batch = sample(policy, problems, k, max_new_tokens, temperature=1.0, generator=gen)
+    correct = torch.tensor([task.reward(p, t) for p, t in zip(batch.problems, batch.texts)]) > 0.5
+    greedy = sample(policy, problems, 1, max_new_tokens, greedy=True)
+    out = {"greedy_acc": float(np.mean([task.reward(p, t) > 0.5 for p, t in zip(greedy.problems, greedy.texts)]))}
+    for kk in range(1, k + 1):
+        out[f"pass@{kk}"] = pass_at_k_groups(correct, batch.group_ids.cpu(), kk)
+    out["entropy"] = entropy_stats(batch.old_entropy, batch.response_mask)["entropy"]
     return out

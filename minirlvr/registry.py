@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -113,18 +114,15 @@ def list_recipes() -> dict[str, Recipe]:
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Check/convert one config value to its annotated type; strings from the CLI are parsed."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        errors = []
+    if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() == "none")):
+            return None
         for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ValueError as e:
-                errors.append(str(e))
+            if a is not type(None):
+                try:
+                    return _coerce(value, a, where)
+                except ValueError:
+                    pass
         raise ValueError(f"{where}: {value!r} fits none of {typ}")
     if origin is typing.Literal:
         if value not in args:

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import GPT, GPTConfig, save_checkpoint
-from .rollout import sample
-from .metrics import pass_at_k_groups
+from .metrics import evaluate_policy
 from .tokenizer import encode, pad_right
 
 CHECKPOINT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy_tasks", "checkpoints")
@@ -73,28 +72,17 @@ def make_sft_batch(task, problems, rng: np.random.Generator) -> tuple[torch.Tens
     return ids, target_mask
 
 
-@torch.no_grad()
 def evaluate(model, task, n_problems: int = 200, group_size: int = 8, seed: int = 1234,
-             temperature: float = 1.0, split: str = "test") -> dict[str, float]:
-    """pass@1 and pass@G at `temperature` (unbiased, G samples per problem) and greedy accuracy."""
-    rng = np.random.default_rng(seed)
-    problems = task.sample(n_problems, rng, split=split)
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    batch = sample(model, problems, group_size, task.max_new_tokens, temperature=temperature, generator=gen)
-    correct = torch.tensor([task.reward(p, t) for p, t in zip(batch.problems, batch.texts)]) > 0.5
-    greedy = sample(model, problems, 1, task.max_new_tokens, greedy=True)
-    greedy_ok = [task.reward(p, t) > 0.5 for p, t in zip(greedy.problems, greedy.texts)]
-    gids = batch.group_ids.cpu()
-    return {"pass@1": pass_at_k_groups(correct, gids, 1),
-            f"pass@{group_size}": pass_at_k_groups(correct, gids, group_size),
-            "greedy_acc": float(np.mean(greedy_ok))}
+             split: str = "test") -> dict[str, float]:
+    """The skill stored in a base checkpoint: pass@1 and pass@G at T = 1 and greedy accuracy."""
+    problems = task.sample(n_problems, np.random.default_rng(seed), split=split)
+    ev = evaluate_policy(model, task, problems, group_size, task.max_new_tokens, seed)
+    return {"pass@1": ev["pass@1"], f"pass@{group_size}": ev[f"pass@{group_size}"], "greedy_acc": ev["greedy_acc"]}
 
 
 def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", progress: bool = True,
-             half: bool = True, scan_every: int = 0) -> tuple[GPT, dict]:
-    """Train a base policy on demonstrations; save it to `out_path` if given. Returns (model, eval metrics).
-    scan_every > 0 prints a quick evaluation (100 problems) every that many steps (with the cosine
-    schedule these are not the skills of shorter runs, only a guide)."""
+             half: bool = True) -> tuple[GPT, dict]:
+    """Train a base policy on demonstrations; save it to `out_path` if given. Returns (model, eval metrics)."""
     from toy_tasks import get_task
     task = get_task(cfg.task)
     if cfg.steps < 1:
@@ -125,11 +113,6 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
         sched.step()
         if progress and step % 20 == 0:
             steps.set_postfix(loss=f"{loss.item():.3f}")
-        if scan_every and (step + 1) % scan_every == 0:
-            model.eval()
-            print(f"scan {cfg.task} step {step + 1}: loss {loss.item():.3f}", evaluate(model, task, n_problems=100),
-                  flush=True)
-            model.train()
     model.eval()
     if half:  # evaluate exactly the weights that will be shipped
         with torch.no_grad():

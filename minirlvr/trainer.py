@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from . import registry
-from .metrics import accuracy, entropy_stats, length_stats, pass_at_k_groups
+from .metrics import accuracy, entropy_stats, evaluate_policy, length_stats
 from .model import GPT, load_checkpoint, save_checkpoint
-from .rollout import RolloutBatch, policy_forward, sample
+from .rollout import RolloutBatch, policy_forward
 from .core import group_mean_std, kl_estimate, masked_mean
 
 
@@ -134,20 +134,6 @@ def _resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no GPU is available")
     return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: int) -> dict[str, float]:
-    """Greedy accuracy, and pass@1..k at temperature 1 from k samples per problem, plus sample entropy."""
-    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
-    batch = sample(policy, problems, k, max_new_tokens, temperature=1.0, generator=gen)
-    correct = torch.tensor([task.reward(p, t) for p, t in zip(batch.problems, batch.texts)]) > 0.5
-    greedy = sample(policy, problems, 1, max_new_tokens, greedy=True)
-    out = {"greedy_acc": float(np.mean([task.reward(p, t) > 0.5 for p, t in zip(greedy.problems, greedy.texts)]))}
-    for kk in range(1, k + 1):
-        out[f"pass@{kk}"] = pass_at_k_groups(correct, batch.group_ids.cpu(), kk)
-    out["entropy"] = entropy_stats(batch.old_entropy, batch.response_mask)["entropy"]
-    return out
 
 
 def _check_finite(step: int, loss: torch.Tensor, terms: dict, where: str):

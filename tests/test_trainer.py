@@ -43,6 +43,11 @@ def test_config_overrides_are_typed_and_checked():
         build_pipeline(TrainConfig(overrides={"loss.agg": "mean"}))
     with pytest.raises(ValueError, match="stage.key"):
         build_pipeline(TrainConfig(overrides={"clip_high": 0.3}))
+    # optional settings: "none" switches off, a number is parsed, anything else is an error
+    assert build_pipeline(TrainConfig(recipe="dapo", overrides={"loss.clip_ratio_c": "none"})).configs["loss"].clip_ratio_c is None
+    assert build_pipeline(TrainConfig(overrides={"loss.clip_ratio_c": "3"})).configs["loss"].clip_ratio_c == 3.0
+    with pytest.raises(ValueError, match="fits none of"):
+        build_pipeline(TrainConfig(overrides={"loss.clip_ratio_c": "x"}))
 
 
 def test_recipe_settings_do_not_leak_into_a_replaced_stage():
