@@ -42,7 +42,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from minirlvr.methods.invisible_leash import support_report, tilt, tilt_derivatives
+from minirlvr.core import entropy_from_logits
+from minirlvr.methods.invisible_leash import support_report, tilt, tilt_derivatives, tilt_logits
 from minirlvr.model import load_checkpoint
 from minirlvr.sft import default_checkpoint
 from minirlvr.trainer import TrainConfig, train
@@ -68,13 +69,13 @@ r = (torch.rand(12, generator=g, dtype=torch.float64) < 0.4).double()
 r[3] = 1.0  # an impossible sequence that would be rewarded
 
 
-def H(p):
-    return float(-(p[p > 0] * p[p > 0].log()).sum())
+def H(lam):  # entropy of pi_lam, from its logits (-inf where pi0 = 0)
+    return float(entropy_from_logits(tilt_logits(pi0, r, lam)))
 
 
 for lam in (0.0, 1.0, 3.0):
     eps = 1e-5
-    fd = (H(tilt(pi0, r, lam + eps)) - H(tilt(pi0, r, lam - eps))) / (2 * eps)
+    fd = (H(lam + eps) - H(lam - eps)) / (2 * eps)
     closed = float(tilt_derivatives(pi0, r, lam)[1])
     print(f"lam={lam}: dH/dlam closed form {closed:+.6f}, finite difference {fd:+.6f}, "
           f"pi_lam of the impossible rewarded sequence = {float(tilt(pi0, r, lam)[3])}")
