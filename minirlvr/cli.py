@@ -31,21 +31,30 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _train_defaults() -> dict:
+    from dataclasses import fields
+    from .trainer import TrainConfig
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
 def _add_train_args(p: argparse.ArgumentParser, steps_default: int) -> None:
-    p.add_argument("--task", default="addition")
+    d = _train_defaults()  # one source of truth for the defaults: TrainConfig
+    p.add_argument("--task", default=d["task"])
     p.add_argument("--steps", type=_positive_int, default=steps_default)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts", type=_positive_int, default=16, help="prompts per RL step")
-    p.add_argument("--group-size", "-G", type=_positive_int, default=8, help="samples per prompt")
-    p.add_argument("--minibatches", type=_positive_int, default=4, help="optimizer steps per rollout")
-    p.add_argument("--epochs", type=_positive_int, default=1, help="PPO epochs per rollout")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--eval-every", type=int, default=25)
-    p.add_argument("--eval-problems", type=_positive_int, default=128)
-    p.add_argument("--eval-k", type=_positive_int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--prompts", type=_positive_int, default=d["prompts_per_step"], help="prompts per RL step")
+    p.add_argument("--group-size", "-G", type=_positive_int, default=d["group_size"], help="samples per prompt")
+    p.add_argument("--minibatches", type=_positive_int, default=d["minibatches"], help="optimizer steps per rollout")
+    p.add_argument("--epochs", type=_positive_int, default=d["ppo_epochs"], help="PPO epochs per rollout")
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--warmup", type=int, default=d["warmup_steps"], help="linear lr warm-up steps")
+    p.add_argument("--temperature", type=float, default=d["temperature"])
+    p.add_argument("--eval-every", type=int, default=d["eval_every"])
+    p.add_argument("--eval-problems", type=_positive_int, default=d["eval_problems"])
+    p.add_argument("--eval-k", type=_positive_int, default=d["eval_k"])
+    p.add_argument("--threads", type=_positive_int, default=d["threads"],
+                   help="torch CPU threads (default 1: measured fastest on a busy 2-core machine, see README)")
+    p.add_argument("--device", default=d["device"])
     p.add_argument("--init", default=None, help="starting checkpoint (default: the task's shipped base)")
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
@@ -60,7 +69,8 @@ def _train_config(a):
                        reward=getattr(a, "reward", None), advantage=getattr(a, "advantage", None),
                        loss=getattr(a, "loss", None), overrides=_parse_set(a.set), steps=a.steps, seed=a.seed,
                        prompts_per_step=a.prompts, group_size=a.group_size, minibatches=a.minibatches,
-                       ppo_epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup, temperature=a.temperature, eval_every=a.eval_every,
+                       ppo_epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup, temperature=a.temperature,
+                       eval_every=a.eval_every, threads=a.threads,
                        eval_problems=a.eval_problems, eval_k=a.eval_k, device=a.device, init=a.init,
                        out_dir=a.out, name=getattr(a, "name", None), resume=getattr(a, "resume", False),
                        entropy_diagnostics=a.diagnostics, progress=not a.no_progress)
@@ -99,10 +109,12 @@ def cmd_pretrain(a) -> None:
     from toy_tasks import get_task
     from .sft import BASE_RECIPES, SFTConfig, default_checkpoint, pretrain
     get_task(a.task)
+    import torch
     cfg = SFTConfig(task=a.task, seed=a.seed, **BASE_RECIPES.get(a.task, {}))
     if a.steps:
         cfg = replace(cfg, steps=a.steps)
     out = a.out or default_checkpoint(a.task)
+    torch.set_num_threads(a.threads)
     _, metrics = pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
                           progress=not a.no_progress)
     print(json.dumps({"checkpoint": out, **metrics}, indent=1))
@@ -167,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="supervised pre-training of a base checkpoint")
     s.add_argument("--task", required=True)
-    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="a fixed step count (default: stop at the task's target held-out greedy accuracy)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<task>.pt)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")

@@ -56,9 +56,13 @@ def test_recipe_settings_do_not_leak_into_a_replaced_stage():
 
 
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(group_size=0), dict(lr=-1.0), dict(device="tpu"),
-                                 dict(minibatches=0), dict(eval_every=-1)])
+                                 dict(minibatches=0), dict(eval_every=-1), dict(lr=float("inf")),
+                                 dict(lr=float("nan")), dict(temperature=float("inf")), dict(grad_clip=0.0),
+                                 dict(weight_decay=-0.1), dict(warmup_steps=-1), dict(max_new_tokens=0),
+                                 dict(threads=0)])
 def test_invalid_train_config(bad):
-    with pytest.raises(ValueError):
+    (name, value), = bad.items()
+    with pytest.raises(ValueError, match=name):
         TrainConfig(**bad)
 
 
@@ -135,10 +139,93 @@ def test_evaluation_logs_pass_at_k(tmp_path, tiny_ckpt):
         assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:]))
 
 
+# The tiny random checkpoint earns no reward, so every advantage is 0 and the policy-gradient term
+# has zero gradient. These tests add an entropy bonus (or a reward the random model earns) so that
+# an update really moves the policy, and then check what the update must do.
+MOVING = {"loss.entropy_coef": 0.05}
+
+
 def test_kl_to_reference_starts_at_zero_and_grows(tmp_path, tiny_ckpt):
-    hist = train(small(tmp_path, tiny_ckpt, steps=3, lr=1e-3))["history"]
+    hist = train(small(tmp_path, tiny_ckpt, steps=3, lr=1e-3, overrides=MOVING))["history"]
     assert hist[0]["kl_ref"] < 1e-6          # step 1 samples from the initial policy itself
-    assert hist[-1]["kl_ref"] > hist[0]["kl_ref"]
+    assert hist[-1]["kl_ref"] > 1e-4 > 100 * hist[0]["kl_ref"]   # far above float noise
+
+
+_seen: dict = {}
+
+
+@registry.register("loss", "_test_grad_probe", paper="test only")
+def _grad_probe_loss(out, batch, cfg, ctx):
+    """Entropy bonus; records the gradient THIS minibatch's loss alone has, and checks on the
+    parameter's accumulate hook that backward leaves exactly that in .grad (nothing carried over)."""
+    from minirlvr.baselines import PPOClipConfig, ppo_terms
+    loss, m = ppo_terms(out, batch, PPOClipConfig(entropy_coef=0.05))
+    p = ctx.policy.tok_emb.weight
+    expected = torch.autograd.grad(loss, p, retain_graph=True)[0]
+    if "hook" not in _seen:
+        def check(param):
+            _seen["max_err"] = max(_seen.get("max_err", 0.0), float((param.grad - _seen["expected"]).abs().max()))
+            _seen["calls"] = _seen.get("calls", 0) + 1
+        _seen["hook"] = p.register_post_accumulate_grad_hook(check)
+    _seen["expected"] = expected
+    assert float(expected.abs().max()) > 0  # the test means something only if the gradient is not zero
+    return loss, m
+
+
+def test_each_optimizer_step_sees_only_its_own_minibatch_gradient(tmp_path, tiny_ckpt):
+    _seen.clear()
+    try:
+        train(small(tmp_path, tiny_ckpt, loss="_test_grad_probe", steps=2, minibatches=2, ppo_epochs=2))
+    finally:
+        _seen.pop("hook").remove()
+    assert _seen["calls"] == 2 * 2 * 2
+    assert _seen["max_err"] < 1e-6
+
+
+@dataclass
+class _FirstCharConfig:
+    char: str = "1"
+
+
+@registry.register("reward", "_test_first_char", config=_FirstCharConfig, paper="test only")
+def _first_char_reward(batch, cfg, ctx):
+    """1 when the completion starts with `char`: a reward a random model earns sometimes."""
+    return torch.tensor([float(t.startswith(cfg.char)) for t in batch.texts])
+
+
+@registry.register("loss", "_test_keep_batch", config=registry.get_stage("loss", "ppo_clip").config, paper="test only")
+def _keep_batch_loss(out, batch, cfg, ctx):
+    _seen.setdefault("batches", []).append(batch)
+    return registry.get_stage("loss", "ppo_clip").fn(out, batch, cfg, ctx)
+
+
+def test_an_update_makes_positive_advantage_responses_more_likely(tmp_path, tiny_ckpt):
+    from minirlvr.rollout import policy_forward
+    _seen.clear()
+    res = train(small(tmp_path, tiny_ckpt, reward="_test_first_char", loss="_test_keep_batch", steps=1,
+                      minibatches=1, prompts_per_step=8, group_size=8, lr=1e-3))
+    batch = _seen["batches"][0]
+    adv = batch.advantages.sum(1) / batch.response_mask.sum(1)
+    assert (adv > 0).any() and (adv < 0).any()
+    with torch.no_grad():
+        new_logp = policy_forward(res["policy"], batch).logp
+    gain = ((new_logp - batch.old_logp) * batch.response_mask).sum(1)
+    assert gain[adv > 0].mean() > 0 > gain[adv < 0].mean()
+
+
+@registry.register("reward", "_test_threads", paper="test only")
+def _threads_reward(batch, cfg, ctx):
+    _seen["threads"] = torch.get_num_threads()
+    return torch.zeros(batch.size)
+
+
+def test_threads_are_set_for_the_run_and_restored(tmp_path, tiny_ckpt):
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 3
+    train(small(tmp_path, tiny_ckpt, steps=1, threads=want, reward="_test_threads"))
+    assert _seen["threads"] == want and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0)
 
 
 def test_reference_policy_is_loaded_for_kl(tmp_path, tiny_ckpt):

@@ -49,7 +49,7 @@ from toy_tasks import get_task
 
 FAST = os.environ.get("MINIRLVR_FAST") == "1"
 STEPS, SEEDS, EVAL_EVERY = (4, 1, 2) if FAST else (300, 3, 25)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # the tiny model runs fastest on one thread (README, "Threads")
 
 # %% [markdown]
 # ## The task and the base policy

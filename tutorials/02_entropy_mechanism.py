@@ -42,7 +42,7 @@ from minirlvr.core import entropy_change_first_order, entropy_from_logits, polic
 from minirlvr.methods.entropy_mechanism import covariance_score, fit_entropy_law
 
 FAST = os.environ.get("MINIRLVR_FAST") == "1"
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # the tiny model runs fastest on one thread (README, "Threads")
 
 # %% [markdown]
 # ## 1 · The identity on a softmax (exact, first order)
