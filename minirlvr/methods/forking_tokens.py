@@ -24,8 +24,10 @@ Symbols
 For other `agg` modes, "all" multiplies L by M and keeps cfg.agg over m (the row means
 of seq-mean-token-mean still divide by every response token), while "selected"
 runs cfg.agg of the PG term over m * M as verl does (row means over a row's selected
-tokens, rows without one are left out); KL / entropy terms, when on, still cover m.
-The seq-mean-token-sum(-norm) modes have no token count, so there the two coincide.
+tokens; rows without a selected token are left out of the row count of seq-mean-token-mean
+and seq-mean-token-sum, as in verl's agg_loss); KL / entropy terms, when on, still cover m.
+Only seq-mean-token-sum-norm counts no tokens and no non-empty rows (core.aggregate), so
+there the two coincide.
 
 Selection, over ALL valid tokens of one loss call (= one optimizer step here):
   top     the k = max(1, ceil(rho N)) highest-entropy tokens
