@@ -22,7 +22,7 @@ import torch
 
 from .core import (aggregate, group_advantages, group_mean_std, kl_estimate, masked_mean, masked_sum,
                    ppo_clip_per_token)
-from .registry import Recipe, register, register_recipe
+from .registry import Recipe, check_range, register, register_recipe
 from .rollout import RolloutBatch, concat_batches, sample
 
 DAPO = "Yu et al. 2025, DAPO: An Open-Source LLM RL System at Scale, arXiv 2503.14476"
@@ -39,6 +39,9 @@ def plain_rollout(problems, cfg, ctx) -> RolloutBatch:
 @dataclass
 class DynamicSamplingConfig:
     max_tries: int = 4  # rollouts drawn at most to fill the batch (DAPO: max_num_gen_batches)
+
+    def __post_init__(self):
+        check_range(self, "max_tries", lo=1)
 
 
 @register("rollout", "dynamic", config=DynamicSamplingConfig, paper=DAPO)
@@ -79,6 +82,10 @@ class OverlongConfig:
     buffer: int = 4                # L_cache: tokens before the limit where the penalty ramps
     penalty_factor: float = 1.0    # scale of the penalty
 
+    def __post_init__(self):
+        check_range(self, "buffer", lo=1)
+        check_range(self, "penalty_factor", lo=0.0)
+
 
 @register("reward", "overlong", config=OverlongConfig, paper=DAPO)
 def overlong_reward(batch: RolloutBatch, cfg: OverlongConfig, ctx) -> torch.Tensor:
@@ -101,7 +108,10 @@ def broadcast(adv: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
 
 @dataclass
 class GRPOAdvantageConfig:
-    eps: float = 1e-6  # added to the group std
+    eps: float = 1e-6  # added to the group std; > 0, else an all-equal group gives 0 / 0 = NaN
+
+    def __post_init__(self):
+        check_range(self, "eps", lo=0.0, lo_open=True)
 
 
 @register("advantage", "grpo", config=GRPOAdvantageConfig, paper="Shao et al. 2024, DeepSeekMath, arXiv 2402.03300")
@@ -129,7 +139,12 @@ def rloo_advantage(batch, cfg, ctx):
 @dataclass
 class ReinforcePPConfig:
     kl_coef: float = 0.0  # beta of the per-token KL penalty folded into the return (needs a reference policy)
-    eps: float = 1e-8     # added to the variance under the square root (verl's masked_whiten: 1e-8)
+    eps: float = 1e-8     # added to the variance under the square root (verl's masked_whiten: 1e-8);
+                          # > 0, else all-equal returns give 0 * rsqrt(0) = NaN
+
+    def __post_init__(self):
+        check_range(self, "kl_coef", lo=0.0)
+        check_range(self, "eps", lo=0.0, lo_open=True)
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -173,8 +188,17 @@ class PPOClipConfig:
     max_len: int | None = None      # constant normaliser for seq-mean-token-sum-norm (None: response width)
     kl_coef: float = 0.0            # beta of a KL(pi || ref) penalty in the loss (needs a reference policy)
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = 0.0       # bonus: loss -= coef * aggregated token entropy
+    entropy_coef: float = 0.0       # bonus: loss -= coef * aggregated token entropy (< 0: an entropy penalty)
     kl_clamp: float | None = None   # clamp the KL estimate to [-c, c] (verl clamps k3 at 10; None: off)
+
+    def __post_init__(self):
+        check_range(self, "clip_low", lo=0.0, hi=1.0)   # ratio floor 1 - eps_low in [0, 1]
+        check_range(self, "clip_high", lo=0.0)
+        check_range(self, "clip_ratio_c", lo=1.0, lo_open=True)
+        check_range(self, "max_len", lo=1)
+        check_range(self, "kl_coef", lo=0.0)
+        check_range(self, "kl_clamp", lo=0.0, lo_open=True)
+        check_range(self, "entropy_coef")               # any finite value: either sign is a real choice
 
 
 def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None = None,
