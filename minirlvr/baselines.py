@@ -20,8 +20,9 @@ from typing import Literal
 
 import torch
 
-from .core import aggregate, group_advantages, group_mean_std, kl_estimate, masked_mean, ppo_clip_per_token
-from .registry import Recipe, register, register_recipe
+from .core import (aggregate, group_advantages, group_mean_std, kl_estimate, masked_mean, masked_sum,
+                   ppo_clip_per_token)
+from .registry import Recipe, check_range, register, register_recipe
 from .rollout import RolloutBatch, concat_batches, sample
 
 DAPO = "Yu et al. 2025, DAPO: An Open-Source LLM RL System at Scale, arXiv 2503.14476"
@@ -38,6 +39,9 @@ def plain_rollout(problems, cfg, ctx) -> RolloutBatch:
 @dataclass
 class DynamicSamplingConfig:
     max_tries: int = 4  # rollouts drawn at most to fill the batch (DAPO: max_num_gen_batches)
+
+    def __post_init__(self):
+        check_range(self, "max_tries", lo=1)
 
 
 @register("rollout", "dynamic", config=DynamicSamplingConfig, paper=DAPO)
@@ -78,6 +82,10 @@ class OverlongConfig:
     buffer: int = 4                # L_cache: tokens before the limit where the penalty ramps
     penalty_factor: float = 1.0    # scale of the penalty
 
+    def __post_init__(self):
+        check_range(self, "buffer", lo=1)
+        check_range(self, "penalty_factor", lo=0.0)
+
 
 @register("reward", "overlong", config=OverlongConfig, paper=DAPO)
 def overlong_reward(batch: RolloutBatch, cfg: OverlongConfig, ctx) -> torch.Tensor:
@@ -100,7 +108,10 @@ def broadcast(adv: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
 
 @dataclass
 class GRPOAdvantageConfig:
-    eps: float = 1e-6  # added to the group std
+    eps: float = 1e-6  # added to the group std; > 0, else an all-equal group gives 0 / 0 = NaN
+
+    def __post_init__(self):
+        check_range(self, "eps", lo=0.0, lo_open=True)
 
 
 @register("advantage", "grpo", config=GRPOAdvantageConfig, paper="Shao et al. 2024, DeepSeekMath, arXiv 2402.03300")
@@ -128,14 +139,34 @@ def rloo_advantage(batch, cfg, ctx):
 @dataclass
 class ReinforcePPConfig:
     kl_coef: float = 0.0  # beta of the per-token KL penalty folded into the return (needs a reference policy)
-    eps: float = 1e-8
+    eps: float = 1e-8     # added to the variance under the square root (verl's masked_whiten: 1e-8);
+                          # > 0, else all-equal returns give 0 * rsqrt(0) = NaN
+
+    def __post_init__(self):
+        check_range(self, "kl_coef", lo=0.0)
+        check_range(self, "eps", lo=0.0, lo_open=True)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(v - mean) * rsqrt(var + eps) over the valid entries, var the UNBIASED (Bessel, n - 1) masked
+    variance, as verl's `masked_whiten`; 0 off the mask. With n <= 1 valid entries verl raises (its
+    `masked_var` refuses n = 0 and n = 1, where n / (n - 1) divides by zero); here var is taken as 0 then,
+    which gives exactly 0 (a single token's centred value is 0), finite, never NaN. (verl's masked means
+    divide by n + 1e-8, which is n in its float32; ours divide by n.)"""
+    n = mask.to(values.dtype).sum()
+    mean = masked_mean(values, mask)
+    var = masked_sum((values - mean) ** 2, mask) / (n - 1).clamp(min=1)
+    return torch.where(mask.bool(), (values - mean) * torch.rsqrt(var + eps), torch.zeros_like(values))
 
 
 @register("advantage", "reinforce_pp", config=ReinforcePPConfig,
           paper="Hu 2025, REINFORCE++, arXiv 2501.03262")
 def reinforce_pp_advantage(batch, cfg: ReinforcePPConfig, ctx):
-    """Return G_t = r - beta * sum_{s >= t} (log pi_old - log ref)_s, then whitened over all
-    valid tokens of the batch: A = (G - mean) / (std + eps). No per-prompt baseline."""
+    """Return G_t = r - beta * sum_{s >= t} (log pi_old - log ref)_s, then whitened over all valid
+    tokens of the batch as verl's `compute_reinforce_plus_plus_outcome_advantage` (gamma = 1) does
+    with `masked_whiten`:  A = (G - mean) * rsqrt(var + eps),  var = sum m (G - mean)^2 / (n - 1).
+    No per-prompt baseline. (Before: the biased variance and (G - mean) / (std + eps); the two agree
+    to O(1/n) and for eps -> 0 differ by the factor sqrt((n - 1) / n).) One valid token: A = 0."""
     mask = batch.response_mask.float()
     ret = broadcast(batch.rewards, batch)
     if cfg.kl_coef:
@@ -143,9 +174,7 @@ def reinforce_pp_advantage(batch, cfg: ReinforcePPConfig, ctx):
             raise ValueError("reinforce_pp with kl_coef > 0 needs a reference policy (ref_logp)")
         k1 = (batch.old_logp - batch.ref_logp) * mask
         ret = ret - cfg.kl_coef * k1.flip(1).cumsum(1).flip(1)
-    mean = masked_mean(ret, mask)
-    var = masked_mean((ret - mean) ** 2, mask)
-    return (ret - mean) / (var.sqrt() + cfg.eps) * mask
+    return whiten(ret, mask, cfg.eps)
 
 
 # ------------------------------------------------------------------ loss
@@ -159,7 +188,17 @@ class PPOClipConfig:
     max_len: int | None = None      # constant normaliser for seq-mean-token-sum-norm (None: response width)
     kl_coef: float = 0.0            # beta of a KL(pi || ref) penalty in the loss (needs a reference policy)
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = 0.0       # bonus: loss -= coef * aggregated token entropy
+    entropy_coef: float = 0.0       # bonus: loss -= coef * aggregated token entropy (< 0: an entropy penalty)
+    kl_clamp: float | None = None   # clamp the KL estimate to [-c, c] (verl clamps k3 at 10; None: off)
+
+    def __post_init__(self):
+        check_range(self, "clip_low", lo=0.0, hi=1.0)   # ratio floor 1 - eps_low in [0, 1]
+        check_range(self, "clip_high", lo=0.0)
+        check_range(self, "clip_ratio_c", lo=1.0, lo_open=True)
+        check_range(self, "max_len", lo=1)
+        check_range(self, "kl_coef", lo=0.0)
+        check_range(self, "kl_clamp", lo=0.0, lo_open=True)
+        check_range(self, "entropy_coef")               # any finite value: either sign is a real choice
 
 
 def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None = None,
@@ -181,7 +220,8 @@ def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None 
     if cfg.kl_coef:
         if batch.ref_logp is None:
             raise ValueError("kl_coef > 0 needs a reference policy (the trainer loads one when a loss asks)")
-        kl = aggregate(kl_estimate(out.logp, batch.ref_logp, cfg.kl_kind), mask, cfg.agg, cfg.max_len)
+        kl_mat = kl_estimate(out.logp, batch.ref_logp, cfg.kl_kind, clamp=cfg.kl_clamp)
+        kl = aggregate(kl_mat, mask, cfg.agg, cfg.max_len)
         loss = loss + cfg.kl_coef * kl
         metrics["kl"] = float(kl.detach())
     if cfg.entropy_coef:

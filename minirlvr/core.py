@@ -63,14 +63,32 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
               max_len: int | None = None) -> torch.Tensor:
     """Reduce a per-token loss [B, T] to a scalar (verl's `loss_agg_mode` names).
 
-    token-mean               sum_{i,t} m L / sum_{i,t} m          (DAPO; every token weighs the same)
-    seq-mean-token-mean      (1/B') sum_i [sum_t m L / sum_t m]    (GRPO paper; B' = rows with a valid token)
-    seq-mean-token-sum       (1/B) sum_i sum_t m L
-    seq-mean-token-sum-norm  (1/B) sum_i sum_t m L / max_len       (Dr.GRPO: a constant length normaliser)
+    B' = rows with at least one valid token (sum_t m > 0), B = all rows, max_len defaults to T:
 
-    `max_len` defaults to T. verl's seq-mean-token-sum-norm sums over rows
-    instead of averaging; ours divides by B as well, so the scale does not grow
-    with the batch (a constant factor, nothing else differs).
+    token-mean               sum_{i,t} m L / sum_{i,t} m                    (DAPO; every token weighs the same)
+    seq-mean-token-mean      (1/B') sum_{i in B'} [sum_t m L / sum_t m]     (GRPO paper)
+    seq-mean-token-sum       (1/B') sum_i sum_t m L
+    seq-mean-token-sum-norm  (1/B)  sum_i sum_t m L / max_len               (Dr.GRPO: a constant normaliser)
+
+    An empty mask (or B = 0) gives 0, never NaN. A row with no valid token (e.g. one a pg_mask left
+    empty) changes nothing in the first three modes: it is not in B'. In -norm it only enters the
+    constant B (the value times B is unchanged).
+
+    verl (`core_algos.agg_loss`, current main, called without its global-batch arguments):
+      token-mean               masked sum / mask sum                               (same)
+      seq-mean-token-mean      sum of row means over rows with mask sum > 0,
+                               divided by the number of such rows                  (same; B')
+      seq-mean-token-sum       sum of row sums, divided by the number of rows
+                               with mask sum > 0                                   (same; B')
+      seq-mean-token-sum-norm  sum of ALL row sums / loss_scale_factor (default T);
+                               no row count at all                                 (verl = ours * B)
+    We keep the 1/B in -norm so the loss scale does not grow with the batch; B is a shape constant
+    like max_len, so the normaliser stays data-independent as in verl. Other differences: verl's row
+    means divide by (count + 1e-8) (a no-op for a counted row in float32); an all-empty mask gives NaN
+    there (0 here); verl can swap its local counts for global ones (`batch_num_tokens`,
+    `global_batch_size`, times `dp_size`) to normalise over the whole data-parallel batch, and its actor
+    scales each micro-batch loss by 1/gradient_accumulation. None of that is modelled here: one loss
+    call is one local batch.
     """
     if loss_mat.dim() != 2 or loss_mat.shape != mask.shape:
         raise ValueError(f"aggregate expects loss_mat and mask of one shape [B, T], got "
@@ -78,15 +96,14 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     seq_sum = masked_sum(loss_mat, mask, dim=-1)
+    count = mask.to(loss_mat.dtype).sum(-1)
+    n_rows = (count > 0).sum().clamp(min=1)  # B'
     if mode == "seq-mean-token-mean":
-        count = mask.to(loss_mat.dtype).sum(-1)
-        has_tokens = count > 0
-        per_seq = seq_sum / count.clamp(min=1)
-        return per_seq[has_tokens].sum() / has_tokens.sum().clamp(min=1)
+        return (seq_sum / count.clamp(min=1)).sum() / n_rows  # an empty row's mean is 0 / 1 = 0
     if mode == "seq-mean-token-sum":
-        return seq_sum.mean()
+        return seq_sum.sum() / n_rows
     if mode == "seq-mean-token-sum-norm":
-        return seq_sum.mean() / float(max_len or loss_mat.shape[-1])
+        return seq_sum.sum() / max(loss_mat.shape[0], 1) / float(max_len or loss_mat.shape[-1])
     raise ValueError(f"unknown aggregation mode {mode!r}; known modes: {', '.join(AGG_MODES)}")
 
 
@@ -150,24 +167,33 @@ def entropy_change_first_order(logits: torch.Tensor, delta_logits: torch.Tensor)
     return -policy_covariance(probs, logp, delta_logits)
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3",
+                clamp: float | None = None) -> torch.Tensor:
     """Per-token estimators of KL(pi || ref) from tokens sampled from pi (Schulman, 2020).
 
     k1 = log pi - log ref                      (unbiased, can be negative)
     k2 = (log pi - log ref)^2 / 2              (biased, low variance)
     k3 = exp(log ref - log pi) - (log ref - log pi) - 1   (unbiased, >= 0)
 
-    The log-ratio is clamped to [-20, 20] before exp() so k3 stays finite.
+    For k3 the log-ratio is clamped to [-20, 20] before exp() so it stays finite (verl does the same).
+    `clamp` (None: off) then clamps the estimate to [-clamp, clamp]; verl's `kl_penalty_forward` clamps
+    its k3 ("low_var_kl") to [-10, 10] (k3 >= 0, so this cuts k3 > 10, i.e. log ref - log pi above ~2.61
+    or below ~-11, where the gradient becomes 0) and clamps neither k1 nor k2 (nor "abs"): so
+    `kind="k3", clamp=10.0` is verl's k3; a clamp on k1 / k2 is our extension.
     """
+    if clamp is not None and not clamp > 0:
+        raise ValueError(f"kl_estimate: clamp must be > 0 or None, got {clamp}")
     log_ratio = logp - ref_logp
     if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio ** 2
-    if kind == "k3":
+        est = log_ratio
+    elif kind == "k2":
+        est = 0.5 * log_ratio ** 2
+    elif kind == "k3":
         neg = (-log_ratio).clamp(-20.0, 20.0)
-        return torch.expm1(neg) - neg  # = exp(neg) - neg - 1; expm1 keeps it >= 0 in float32 for small |neg|
-    raise ValueError(f"unknown KL estimator {kind!r}; known: k1, k2, k3")
+        est = torch.expm1(neg) - neg  # = exp(neg) - neg - 1; expm1 keeps it >= 0 in float32 for small |neg|
+    else:
+        raise ValueError(f"unknown KL estimator {kind!r}; known: k1, k2, k3")
+    return est if clamp is None else est.clamp(-clamp, clamp)
 
 
 def clamped_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, bound: float = 20.0) -> torch.Tensor:

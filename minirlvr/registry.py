@@ -15,11 +15,17 @@ A stage function is registered where it is defined:
 and a recipe names one function per stage plus config overrides:
 
     register_recipe(Recipe("my_method", loss="my_loss", loss_cfg={"beta": 0.1}))
+
+A config dataclass checks its own ranges at construction (Python or CLI alike), e.g.
+
+    def __post_init__(self):
+        check_range(self, "beta", lo=0.0)    # ValueError "MyLossConfig.beta must be >= 0, got -1.0"
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,19 +117,46 @@ def list_recipes() -> dict[str, Recipe]:
     return dict(sorted(_RECIPES.items()))
 
 
+def check_range(cfg: Any, name: str, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """For a config's __post_init__: `cfg.name` must be a finite number in the interval given by lo / hi
+    (closed unless lo_open / hi_open; None: unbounded on that side). None values pass (Optional settings).
+    Raises a one-line ValueError naming the setting, e.g. "PPOClipConfig.clip_low must be >= 0, got -1.0"."""
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    where = f"{type(cfg).__name__}.{name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{where} must be finite, got {value!r}")
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    above = hi is not None and (value >= hi if hi_open else value > hi)
+    if below or above:
+        if lo is not None and hi is not None:
+            rule = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        elif lo is not None:
+            rule = f"{'>' if lo_open else '>='} {lo:g}"
+        else:
+            rule = f"{'<' if hi_open else '<='} {hi:g}"
+        raise ValueError(f"{where} must be {rule}, got {value!r}")
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Check/convert one config value to its annotated type; strings from the CLI are parsed."""
+    """Check/convert one config value to its annotated type; strings from the CLI are parsed.
+    Floats must be finite (nan / inf are errors)."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() == "none")):
             return None
+        reasons = []
         for a in args:
             if a is not type(None):
                 try:
                     return _coerce(value, a, where)
-                except ValueError:
-                    pass
-        raise ValueError(f"{where}: {value!r} fits none of {typ}")
+                except ValueError as e:
+                    reasons.append(str(e).removeprefix(where).lstrip(": "))
+        raise ValueError(f"{where}: {value!r} fits none of {typ} ({'; '.join(reasons)})")
     if origin is typing.Literal:
         if value not in args:
             raise ValueError(f"{where}: {value!r} is not one of {args}")
@@ -149,6 +182,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             out = float(out)
         if not isinstance(out, typ):
             raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}")
+        if typ is float and not math.isfinite(out):
+            raise ValueError(f"{where} must be finite, got {value!r}")
         return out
     if typ is str:
         if not isinstance(value, str):
@@ -170,4 +205,7 @@ def make_config(config_cls: type | None, overrides: dict | None = None, where: s
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; valid settings: {', '.join(names)}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in overrides.items()}
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except ValueError as e:  # a range check of the config's __post_init__
+        raise ValueError(f"{where}: {e}") from None

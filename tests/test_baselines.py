@@ -77,7 +77,8 @@ def loop_aggregate(L, m, mode, max_len=None):
         per = [sum(r) / len(r) for r in rows if r]
         return sum(per) / len(per) if per else 0.0
     if mode == "seq-mean-token-sum":
-        return sum(sum(r) for r in rows) / B
+        n_rows = sum(1 for r in rows if r)  # rows with a valid token (verl's count)
+        return sum(sum(r) for r in rows) / n_rows if n_rows else 0.0
     return sum(sum(r) / (max_len or T) for r in rows) / B
 
 
@@ -124,6 +125,17 @@ def test_rloo_needs_two_per_group():
         rloo_advantage(b, None, SimpleNamespace())
 
 
+def np_verl_masked_whiten(values, mask):
+    """verl's torch_functional.masked_whiten: (v - mean) * rsqrt(var + 1e-8), var = the masked variance
+    times n / (n - 1) (masked_var(unbiased=True)). verl's masked_mean divides by (n + 1e-8), which in
+    its float32 is exactly n for n >= 1, so the mean here is the plain one. Needs n >= 2 (verl raises)."""
+    v, m = np.asarray(values, dtype=np.float64), np.asarray(mask, dtype=np.float64)
+    n = m.sum()
+    mean = (v * m).sum() / n
+    var = (((v - mean) ** 2) * m).sum() / n * (n / (n - 1))
+    return (v - mean) / np.sqrt(var + 1e-8)
+
+
 @given(batch=batches(), beta=st.sampled_from([0.0, 0.05, 0.5]))
 def test_reinforce_pp_whitened_returns(batch, beta):
     B, T = batch.response_mask.shape
@@ -137,17 +149,38 @@ def test_reinforce_pp_whitened_returns(batch, beta):
             if m[i][t]:
                 ret[i][t] = r[i] - beta * sum(lp[i][s] - ref[i][s] for s in range(t, T) if m[i][s])
     valid = [ret[i][t] for i in range(B) for t in range(T) if m[i][t]]
-    mean = sum(valid) / len(valid)
-    std = math.sqrt(sum((v - mean) ** 2 for v in valid) / len(valid))
+    n = len(valid)
+    mean = sum(valid) / n
+    var = sum((v - mean) ** 2 for v in valid) / max(n - 1, 1)   # unbiased; n = 1: 0 (its one value is centred to 0)
     cfg = ReinforcePPConfig(kl_coef=beta)
     adv = reinforce_pp_advantage(batch, cfg, SimpleNamespace())
     for i in range(B):
         for t in range(T):
-            want = (ret[i][t] - mean) / (std + cfg.eps) if m[i][t] else 0.0
+            want = (ret[i][t] - mean) / math.sqrt(var + cfg.eps) if m[i][t] else 0.0
             assert adv[i, t].item() == pytest.approx(want, rel=1e-7, abs=1e-7)
     vals = adv[batch.response_mask.bool()].double()
     assert abs(vals.mean().item()) < 1e-7
-    assert vals.std(unbiased=False).item() == pytest.approx(std / (std + cfg.eps), abs=1e-7)  # ~1 unless all equal
+    if n > 1:  # unbiased std ~1 unless all equal
+        assert vals.std(unbiased=True).item() == pytest.approx(math.sqrt(var / (var + cfg.eps)), abs=1e-7)
+        np.testing.assert_allclose(adv.numpy(), np_verl_masked_whiten(ret, m) * np.array(m), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("reward", [0.0, 1.0, -3.5])
+def test_reinforce_pp_single_valid_token_is_finite(dtype, T, reward):
+    """n = 1, where verl's masked_var raises (Bessel's n / (n - 1) divides by zero): A = 0, never NaN / inf;
+    likewise an empty mask and an all-equal batch."""
+    for lengths, rewards in (([1], [reward]), ([1, 0], [reward, 2.0]), ([0, 0], [reward, 1.0]),
+                             ([T, T], [reward, reward])):
+        b = make_batch(rewards, [0] * len(lengths), lengths, T)
+        b.rewards = b.rewards.to(dtype)
+        for beta in (0.0, 0.3):
+            b.ref_logp = b.old_logp - 0.1 * b.response_mask
+            adv = reinforce_pp_advantage(b, ReinforcePPConfig(kl_coef=beta), SimpleNamespace())
+            assert torch.isfinite(adv).all() and (adv[~b.response_mask.bool()] == 0).all()
+            if sum(lengths) <= 1 or beta == 0.0:
+                assert (adv == 0).all(), adv
 
 
 def test_reinforce_pp_kl_needs_reference():
@@ -198,6 +231,25 @@ def test_ppo_kl_term(batch, agg, kind, beta, d):
     kl = loop_aggregate(kl_mat, batch.response_mask, agg)
     assert "kl" not in m0 and m1["kl"] == pytest.approx(kl, rel=1e-9, abs=1e-12)
     assert loss.item() - base.item() == pytest.approx(beta * kl, rel=1e-7, abs=1e-9)
+
+
+@given(batch=batches(), agg=st.sampled_from(AGG), kind=st.sampled_from(["k1", "k2", "k3"]),
+       clamp=st.sampled_from([0.05, 0.5, 10.0]), d=st.data())
+def test_ppo_kl_clamp_is_passed_through(batch, agg, kind, clamp, d):
+    B, T = batch.response_mask.shape
+    batch.advantages = dr_grpo_advantage(batch, None, None).double()
+    g = torch.Generator().manual_seed(d.draw(st.integers(0, 100)))
+    logp = batch.old_logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    batch.ref_logp = batch.old_logp + 3.0 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    out = policy_output(batch, logp)
+    _, plain = ppo_clip_loss(out, batch, PPOClipConfig(agg=agg, kl_coef=0.1, kl_kind=kind), None)
+    _, unset = ppo_clip_loss(out, batch, PPOClipConfig(agg=agg, kl_coef=0.1, kl_kind=kind, kl_clamp=None), None)
+    _, met = ppo_clip_loss(out, batch, PPOClipConfig(agg=agg, kl_coef=0.1, kl_kind=kind, kl_clamp=clamp), None)
+    lr = (logp - batch.ref_logp).tolist()
+    est = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": lambda x: math.exp(-x) + x - 1}[kind]
+    kl_mat = torch.tensor([[min(max(est(x), -clamp), clamp) for x in row] for row in lr], dtype=torch.float64)
+    assert unset["kl"] == plain["kl"]
+    assert met["kl"] == pytest.approx(loop_aggregate(kl_mat, batch.response_mask, agg), rel=1e-9, abs=1e-12)
 
 
 def test_ppo_kl_needs_reference_and_is_off_by_default():

@@ -197,7 +197,8 @@ def loop_aggregate(L, m, mode, max_len=None):
         return sum(per) / len(per) if per else 0.0
     sums = [sum(L[i][t] for t in range(T) if m[i][t]) for i in range(B)]
     if mode == "seq-mean-token-sum":
-        return sum(sums) / B
+        n_rows = sum(1 for i in range(B) if any(m[i]))  # rows with a valid token
+        return sum(sums) / n_rows if n_rows else 0.0
     if mode == "seq-mean-token-sum-norm":
         return sum(s / (max_len or T) for s in sums) / B
     raise AssertionError(mode)
@@ -221,9 +222,67 @@ def test_aggregate_modes_differ_on_a_hand_case():
     assert aggregate(L, m, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
     assert aggregate(L, m, "seq-mean-token-sum-norm").item() == pytest.approx((6 + 4) / 2 / 3)
     assert aggregate(L, m, "seq-mean-token-sum-norm", max_len=10).item() == pytest.approx((6 + 4) / 2 / 10)
-    # a row with no valid token does not count in seq-mean-token-mean
+    # a row with no valid token does not count in seq-mean-token-mean / seq-mean-token-sum (verl);
+    # seq-mean-token-sum-norm divides by the constant B (verl: by nothing)
     m0 = torch.tensor([[1, 1, 1], [0, 0, 0]])
     assert aggregate(L, m0, "seq-mean-token-mean").item() == pytest.approx(2.0)
+    assert aggregate(L, m0, "seq-mean-token-sum").item() == pytest.approx(6.0)
+    assert aggregate(L, m0, "seq-mean-token-sum-norm").item() == pytest.approx(6 / 2 / 3)
+
+
+def np_verl_agg_loss(L, m, mode, loss_scale_factor=None):
+    """verl's core_algos.agg_loss (local batch: no global counts, dp_size = 1), in numpy float64."""
+    L, m = np.where(m.astype(bool), L, 0.0), m.astype(np.float64)   # verl's masked_sum ignores masked NaN
+    if mode == "token-mean":
+        return (L * m).sum() / m.sum()
+    count = m.sum(-1)
+    seq_mask = (count > 0).astype(np.float64)                        # rows with a valid token
+    if mode == "seq-mean-token-sum":
+        return ((L * m).sum(-1) * seq_mask).sum() / seq_mask.sum()
+    if mode == "seq-mean-token-mean":
+        return ((L * m).sum(-1) / (count + 1e-8) * seq_mask).sum() / seq_mask.sum()
+    if mode == "seq-mean-token-sum-norm":
+        return (L * m).sum() / (loss_scale_factor or m.shape[-1])     # no row count at all
+    raise AssertionError(mode)
+
+
+@given(xm=values_and_masks(), mode=st.sampled_from(AGG_MODES), max_len=st.one_of(st.none(), st.integers(1, 20)))
+def test_aggregate_matches_verl(xm, mode, max_len):
+    """Equal to verl's agg_loss wherever verl is defined (some valid token); -norm: verl's value = ours * B."""
+    x, m = xm
+    assume(m.any())  # verl divides 0 by 0 on an all-empty mask
+    out = aggregate(t64(np.where(m.astype(bool), x, np.nan)), torch.tensor(m), mode, max_len=max_len).item()
+    verl = np_verl_agg_loss(x, m, mode, max_len)
+    scale = m.shape[0] if mode == "seq-mean-token-sum-norm" else 1
+    # verl's row means divide by count + 1e-8: a relative 1e-8 / count in float64
+    assert out * scale == pytest.approx(verl, rel=1e-7, abs=1e-7)
+
+
+@given(xm=values_and_masks(), mode=st.sampled_from(AGG_MODES), max_len=st.one_of(st.none(), st.integers(1, 20)),
+       d=st.data())
+def test_aggregate_ignores_rows_without_valid_tokens(xm, mode, max_len, d):
+    """Inserting a row with an all-zero mask (any values, even NaN) changes no mode's result, except the
+    constant B of seq-mean-token-sum-norm (there B * result, i.e. verl's value, is unchanged)."""
+    x, m = xm
+    B, T = m.shape
+    at = d.draw(st.integers(0, B))
+    junk = d.draw(st.sampled_from([0.0, 7.5, np.nan, np.inf]))
+    x2, m2 = np.insert(x, at, junk, axis=0), np.insert(m, at, 0, axis=0)
+    before = aggregate(t64(x), torch.tensor(m), mode, max_len=max_len).item()
+    after = aggregate(t64(x2), torch.tensor(m2), mode, max_len=max_len).item()
+    if mode == "seq-mean-token-sum-norm":
+        before, after = before * B, after * (B + 1)
+    assert math.isfinite(after)
+    assert after == pytest.approx(before, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4), (0, 4)])
+def test_aggregate_all_empty_mask_is_zero_not_nan(mode, shape):
+    L = torch.full(shape, math.nan, dtype=torch.float64, requires_grad=True)
+    out = aggregate(L, torch.zeros(shape), mode)
+    out.backward()
+    assert out.item() == 0.0 and not torch.isnan(L.grad).any()
 
 
 def test_aggregate_errors():
@@ -430,6 +489,41 @@ def test_k1_and_k3_are_unbiased_exact_expectation(z, d):
         assert float((p * est).sum()) == pytest.approx(kl, abs=1e-10)
     k2 = kl_estimate(t64(lp), t64(lref), "k2").numpy()
     assert float((p * k2).sum()) >= 0
+
+
+@given(lp=arrays(np.float64, st.integers(1, 12), elements=st.floats(-30, 0)), d=st.data(),
+       kind=st.sampled_from(["k1", "k2", "k3"]), clamp=st.sampled_from([0.5, 1.0, 10.0]))
+def test_kl_clamp(lp, d, kind, clamp):
+    ref = d.draw(arrays(np.float64, lp.shape, elements=st.floats(-30, 0)))
+    free = kl_estimate(t64(lp), t64(ref), kind)
+    assert torch.equal(kl_estimate(t64(lp), t64(ref), kind, clamp=None), free)      # None: today's behaviour
+    np.testing.assert_array_equal(kl_estimate(t64(lp), t64(ref), kind, clamp=clamp).numpy(),
+                                  np.clip(free.numpy(), -clamp, clamp))
+
+
+def np_verl_low_var_kl(logp, ref):
+    """verl's kl_penalty_forward(..., "low_var_kl" / "k3"): log-ratio clamped to [-20, 20], k3, clamped to [-10, 10]."""
+    kl = np.clip(ref - logp, -20, 20)
+    return np.clip(np.exp(kl) - kl - 1, -10, 10)
+
+
+@given(lp=arrays(np.float64, st.integers(1, 12), elements=st.floats(-40, 0)), d=st.data())
+def test_k3_with_clamp_10_is_verls_low_var_kl(lp, d):
+    ref = d.draw(arrays(np.float64, lp.shape, elements=st.floats(-40, 0)))
+    np.testing.assert_allclose(kl_estimate(t64(lp), t64(ref), "k3", clamp=10.0).numpy(), np_verl_low_var_kl(lp, ref),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_kl_clamp_cuts_large_k3_and_its_gradient():
+    lp = torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.5, 3.0, -12.0], dtype=torch.float64)   # k3 ~ 0.15, ~17.1, ~11.0
+    k3 = kl_estimate(lp, ref, "k3", clamp=10.0)
+    assert k3[0].item() == pytest.approx(math.exp(0.5) - 1.5) and k3[1].item() == 10.0 and k3[2].item() == 10.0
+    k3.sum().backward()
+    assert lp.grad[0] != 0 and lp.grad[1] == 0 and lp.grad[2] == 0
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="clamp"):
+            kl_estimate(lp, ref, "k3", clamp=bad)
 
 
 def test_kl_unknown_kind():

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..core import aggregate, clamped_log_ratio, entropy_change_first_order, masked_mean, ppo_clip_per_token
-from ..registry import Recipe, register, register_recipe
+from ..registry import Recipe, check_range, register, register_recipe
 from ..rollout import policy_forward
 
 PAPER = "Cui et al. 2025, The Entropy Mechanism of RL for Reasoning Language Models, arXiv 2505.22617"
@@ -105,6 +105,16 @@ class ClipCovConfig:
     agg: AggMode = "token-mean"  # the paper's aggregation
     seed: int = 0              # seeds the random pick when no trainer context (ctx=None) is given
 
+    def __post_init__(self):
+        check_range(self, "clip_ratio", lo=0.0, hi=1.0)
+        check_range(self, "cov_lb")
+        check_range(self, "cov_ub")
+        if not self.cov_lb < self.cov_ub:  # the band (cov_lb, cov_ub) would be empty
+            raise ValueError(f"ClipCovConfig.cov_lb must be < cov_ub, got cov_lb={self.cov_lb!r}, "
+                             f"cov_ub={self.cov_ub!r}")
+        check_range(self, "clip_low", lo=0.0, hi=1.0)
+        check_range(self, "clip_high", lo=0.0)
+
 
 @register("loss", "clip_cov", config=ClipCovConfig, paper=PAPER)
 def clip_cov_loss(out, batch, cfg: ClipCovConfig, ctx):
@@ -127,6 +137,10 @@ class KLCovConfig:
     kl_ratio: float = 2e-3     # kappa: FRACTION of valid tokens penalised (original 7B: k_percent=0.2 -> /100)
     ppo_kl_coef: float = 1.0   # beta of the |log r| penalty (original and verl's function default; verl YAML: 0.1)
     agg: AggMode = "token-mean"  # the paper's aggregation
+
+    def __post_init__(self):
+        check_range(self, "kl_ratio", lo=0.0, hi=1.0)
+        check_range(self, "ppo_kl_coef", lo=0.0)
 
 
 @register("loss", "kl_cov", config=KLCovConfig, paper=PAPER)

@@ -24,8 +24,10 @@ Symbols
 For other `agg` modes, "all" multiplies L by M and keeps cfg.agg over m (the row means
 of seq-mean-token-mean still divide by every response token), while "selected"
 runs cfg.agg of the PG term over m * M as verl does (row means over a row's selected
-tokens, rows without one are left out); KL / entropy terms, when on, still cover m.
-The seq-mean-token-sum(-norm) modes have no token count, so there the two coincide.
+tokens; rows without a selected token are left out of the row count of seq-mean-token-mean
+and seq-mean-token-sum, as in verl's agg_loss); KL / entropy terms, when on, still cover m.
+Only seq-mean-token-sum-norm counts no tokens and no non-empty rows (core.aggregate), so
+there the two coincide.
 
 Selection, over ALL valid tokens of one loss call (= one optimizer step here):
   top     the k = max(1, ceil(rho N)) highest-entropy tokens
@@ -59,7 +61,7 @@ import torch
 
 from ..baselines import PPOClipConfig, ppo_terms
 from ..core import masked_mean
-from ..registry import Recipe, register, register_recipe
+from ..registry import Recipe, check_range, register, register_recipe
 
 PAPER = "Wang et al. 2025, Beyond the 80/20 Rule: High-Entropy Minority Tokens, arXiv 2506.01939"
 SELECTS = ("top", "bottom", "random")
@@ -112,10 +114,14 @@ class ForkingTokensConfig(PPOClipConfig):
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
     kl_coef: float = 0.0              # no KL (paper)
     entropy_coef: float = 0.0         # no entropy bonus (paper)
-    rho: float = 0.2                  # fraction of valid tokens kept (actor.entropy_top_ratio = 0.2)
+    rho: float = 0.2                  # fraction in (0, 1] of valid tokens kept (actor.entropy_top_ratio = 0.2)
     select: Literal["top", "bottom", "random"] = "top"  # bottom / random: the paper's ablations
     normalizer: Literal["all", "selected"] = "all"      # all: sum M L / sum m (paper, TRL); selected: / sum M (verl)
     seed: int = 0                     # for select="random" when no trainer context (ctx) is given
+
+    def __post_init__(self):
+        super().__post_init__()           # PPOClipConfig's checks
+        check_range(self, "rho", lo=0.0, hi=1.0, lo_open=True)
 
 
 @register("loss", "forking_tokens", config=ForkingTokensConfig, paper=PAPER)

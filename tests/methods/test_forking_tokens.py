@@ -224,7 +224,7 @@ def test_gradient_zero_off_mask_and_scaled_dapo_on_mask(normalizer, m, pq, seed)
         torch.testing.assert_close(g[sel], g_dapo[sel] * scale, rtol=1e-12, atol=0)
 
 
-@given(m=masks(), rho=st.floats(0, 1), seed=st.integers(0, 10 ** 6),
+@given(m=masks(), rho=st.floats(0, 1, exclude_min=True), seed=st.integers(0, 10 ** 6),
        select=st.sampled_from(["top", "bottom", "random"]))
 def test_loss_value_against_explicit_loop(m, rho, seed, select):
     batch, out = make_batch(m, seed)
@@ -246,9 +246,18 @@ def test_loss_value_against_explicit_loop(m, rho, seed, select):
                 rows.append(sum(L[i, t] for t in range(m.shape[1]) if M[i, t]) / count)
         want = sum(rows) / max(len(rows), 1)
         assert float(forking_tokens_loss(out, batch, cfg, None)[0].detach()) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    # seq-mean-token-sum: row sums of M L over the rows with a valid ("all") or a selected ("selected") token,
+    # as verl's agg_loss counts rows; -norm divides by the constant B either way
+    total = sum(L[i, t] for i, t in zip(*np.nonzero(M)))
+    for normalizer, rows_counted in (("all", int(m.any(1).sum())), ("selected", int(M.any(1).sum()))):
+        for agg, want in (("seq-mean-token-sum", total / max(rows_counted, 1)),
+                          ("seq-mean-token-sum-norm", total / m.shape[0] / m.shape[1])):
+            cfg = ForkingTokensConfig(rho=rho, select=select, normalizer=normalizer, seed=7, agg=agg)
+            got = float(forking_tokens_loss(out, batch, cfg, None)[0].detach())
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
-@given(m=masks(), rho=st.floats(0, 1), seed=st.integers(0, 10 ** 6))
+@given(m=masks(), rho=st.floats(0, 1, exclude_min=True), seed=st.integers(0, 10 ** 6))
 def test_metrics(m, rho, seed):
     batch, out = make_batch(m, seed)
     _, met = forking_tokens_loss(out, batch, ForkingTokensConfig(rho=rho), None)
