@@ -32,12 +32,18 @@ def test_pretrain_is_deterministic_for_a_seed(tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_pretrain_stops_at_the_target_skill():
-    # a target any model reaches at its first check stops there; an unreachable one runs to max_steps
+def test_pretrain_stops_at_the_first_check_that_reaches_the_target(monkeypatch):
+    import minirlvr.sft as sft
+    skill = iter([0.1, 0.3, 0.5, 0.9])  # what the held-out checks measure, in order
+    checks = []
+    monkeypatch.setattr(sft, "greedy_accuracy", lambda model, task, problems: checks.append(1) or next(skill))
     cfg = dict(task="addition", batch_size=8, d_model=32, n_layers=2, n_heads=2, select_every=2, select_problems=8)
-    _, easy = pretrain(SFTConfig(target_greedy=1e-9, max_steps=10, **cfg), progress=False)
-    _, hard = pretrain(SFTConfig(target_greedy=1.0, max_steps=4, **cfg), progress=False)
-    assert easy["steps"] == 2 and hard["steps"] == 4
+    _, m = pretrain(SFTConfig(target_greedy=0.45, max_steps=100, **cfg), progress=False)
+    assert m["steps"] == 6 and len(checks) == 3       # 0.1, 0.3 < 0.45 <= 0.5 at step 6
+    _, m = pretrain(SFTConfig(target_greedy=1.0, max_steps=5, **cfg | {"select_every": 10}), progress=False)
+    assert m["steps"] == 5                            # never reached: stops at max_steps
+    _, m = pretrain(SFTConfig(steps=3, **cfg), progress=False)
+    assert m["steps"] == 3 and len(checks) == 3       # a fixed step count never checks
 
 
 @pytest.mark.parametrize("bad", [dict(target_greedy=0.0), dict(target_greedy=1.5), dict(max_steps=0),

@@ -1,8 +1,8 @@
 """Multiplication of a `difficulty`-digit number by one digit, direct or with a scratchpad.
 
 Prompt (both variants): "37*6=". The first operand has exactly `difficulty`
-digits (1..3, default 2; leading digit nonzero except for 1-digit, 0..9), the
-second is a single digit 2..9.
+digits (1..3; default 3 for the direct task, 2 for the scratchpad; leading digit
+nonzero except for 1-digit, 0..9), the second is a single digit 2..9.
 
 Direct ("multiplication"): the completion is the answer, "222"; reward 1.0 iff
 it equals the canonical answer exactly.
@@ -81,7 +81,9 @@ def _max_completion_len(scratchpad_format: bool) -> int:
 MULTIPLICATION = MultiplicationTask(
     name="multiplication",
     max_new_tokens=_max_completion_len(False) + 1 + SLACK,
-    default_difficulty=2,
+    # 3 digits: at 2 digits the direct task has only ~580 training problems and a base memorises them
+    # (train pass@1 0.99 vs held-out 0.31) long before it generalises; at 3 digits (~5,800) it does not
+    default_difficulty=3,
     difficulties=DIFFICULTIES,
     scratchpad=False,
 )
