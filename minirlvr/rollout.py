@@ -151,7 +151,7 @@ def sample(model, problems: Sequence, group_size: int, max_new_tokens: int, temp
     if max_new_tokens < 1:
         raise ValueError(f"prompts of {P} tokens leave no room in the model context of {model.cfg.context}")
 
-    cache = model.new_cache(B)
+    cache = model.new_cache(B, P + max_new_tokens)
     logits = model(prompt_ids, prompt_mask, cache=cache)[:, -1]
     tokens, logps, ents, zs = [], [], [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -248,3 +248,16 @@ def test_attention_mask_shape_mismatch():
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         GPTConfig(**kwargs)
+
+
+def test_a_short_cache_gives_the_same_logits_and_refuses_overflow():
+    torch.manual_seed(0)
+    ids = torch.randint(3, 20, (3, 6))
+    full = MODEL(ids)
+    cache = MODEL.new_cache(3, 6)
+    step = torch.cat([MODEL(ids[:, :4], cache=cache), MODEL(ids[:, 4:5], cache=cache), MODEL(ids[:, 5:], cache=cache)], 1)
+    assert torch.allclose(step, full, atol=1e-5)
+    with pytest.raises(ValueError, match="cache length of 6"):
+        MODEL(ids[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="cache length"):
+        MODEL.new_cache(1, MODEL.cfg.context + 1)
