@@ -192,7 +192,7 @@ def _train(cfg: TrainConfig) -> dict:
     policy, _ = load_checkpoint(ckpt_path if cfg.resume else init, device)
     needs_ref = any(getattr(c, "kl_coef", 0) or getattr(c, "needs_reference", False) for c in pipe.configs.values())
     ref_policy = load_checkpoint(init, device)[0] if needs_ref or cfg.log_ref_kl else None
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     warmup = lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0  # noqa: E731
     eval_problems = task.sample(cfg.eval_problems, np.random.default_rng(cfg.eval_seed), split="test")
 
