@@ -121,8 +121,11 @@ def cmd_pretrain(a) -> None:
 
 
 def cmd_bench(a) -> None:
+    import torch
     from .bench import format_rows, run_bench
-    print(format_rows(run_bench()))
+    from .trainer import _resolve_device
+    torch.set_num_threads(a.threads)
+    print(format_rows(run_bench(str(_resolve_device(a.device)), trl=not a.no_trl)))
 
 
 def cmd_list(a) -> None:
@@ -189,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_pretrain)
 
     b = sub.add_parser("bench", help="measure sampling and training throughput on this machine")
+    b.add_argument("--threads", type=_positive_int, default=_train_defaults()["threads"], help="torch CPU threads")
+    b.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    b.add_argument("--no-trl", action="store_true", help="skip the paired comparison with TRL even if it is installed")
     b.set_defaults(fn=cmd_bench)
     lst = sub.add_parser("list", help="every registered stage function, recipe and task")
     lst.set_defaults(fn=cmd_list)
