@@ -41,8 +41,9 @@ IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
 
 def registered_configs() -> list[type]:
-    return sorted({e.config for fns in registry.list_stages().values() for e in fns.values() if e.config},
-                  key=lambda c: c.__name__)
+    """The library's registered configs (test-only stages that other test modules register are left out)."""
+    return sorted({e.config for fns in (*registry.list_stages().values(), registry.list_probes()) for e in fns.values()
+                   if e.config and e.fn.__module__.startswith("minirlvr.")}, key=lambda c: c.__name__)
 
 
 def number_fields(cls) -> dict[str, type]:
