@@ -66,11 +66,9 @@ class RolloutBatch:
         B = self.size
 
         def take(v):
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B:
-                return v[idx]
-            if isinstance(v, list) and len(v) == B:
-                return [v[i] for i in rows]
-            return v
+            if not _per_row(v, B):
+                return v
+            return v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
         return replace(self, **{f: take(getattr(self, f)) for f in self.__dataclass_fields__ if f != "extras"},
                        extras={k: take(v) for k, v in self.extras.items()})
 
