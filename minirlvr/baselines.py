@@ -28,6 +28,11 @@ from .rollout import RolloutBatch, concat_batches, sample
 DAPO = "Yu et al. 2025, DAPO: An Open-Source LLM RL System at Scale, arXiv 2503.14476"
 
 
+def reference_if_kl(cfg) -> set[str]:
+    """The declared needs of a stage with a KL-to-reference term: the reference policy iff cfg.kl_coef > 0."""
+    return {"reference"} if cfg.kl_coef else set()
+
+
 # ------------------------------------------------------------------ rollout
 
 @register("rollout", "plain", paper="sampling at temperature T")
@@ -44,7 +49,7 @@ class DynamicSamplingConfig:
         check_range(self, "max_tries", lo=1)
 
 
-@register("rollout", "dynamic", config=DynamicSamplingConfig, paper=DAPO)
+@register("rollout", "dynamic", config=DynamicSamplingConfig, paper=DAPO, needs={"groups"})
 def dynamic_rollout(problems, cfg: DynamicSamplingConfig, ctx) -> RolloutBatch:
     """Keep only groups with non-identical rewards (they carry gradient), resampling fresh
     prompts until the batch holds len(problems) groups or max_tries rollouts were drawn."""
@@ -66,7 +71,7 @@ def dynamic_rollout(problems, cfg: DynamicSamplingConfig, ctx) -> RolloutBatch:
         kept = [batch]
     out = concat_batches(kept)
     out = out.select(torch.arange(min(out.size, want * ctx.group_size)))
-    out.extras.update(dynamic_sampling_tries=tried, dynamic_sampling_dropped_groups=dropped)
+    ctx.log(dynamic_sampling_tries=tried, dynamic_sampling_dropped_groups=dropped)
     return out
 
 
@@ -114,17 +119,19 @@ class GRPOAdvantageConfig:
         check_range(self, "eps", lo=0.0, lo_open=True)
 
 
-@register("advantage", "grpo", config=GRPOAdvantageConfig, paper="Shao et al. 2024, DeepSeekMath, arXiv 2402.03300")
+@register("advantage", "grpo", config=GRPOAdvantageConfig, paper="Shao et al. 2024, DeepSeekMath, arXiv 2402.03300",
+          needs={"groups"})
 def grpo_advantage(batch, cfg: GRPOAdvantageConfig, ctx):
     return broadcast(group_advantages(batch.rewards, batch.group_ids.cpu(), "std", cfg.eps), batch)
 
 
-@register("advantage", "dr_grpo", paper="Liu et al. 2025, Understanding R1-Zero-Like Training, arXiv 2503.20783")
+@register("advantage", "dr_grpo", paper="Liu et al. 2025, Understanding R1-Zero-Like Training, arXiv 2503.20783",
+          needs={"groups"})
 def dr_grpo_advantage(batch, cfg, ctx):
     return broadcast(group_advantages(batch.rewards, batch.group_ids.cpu(), "none"), batch)
 
 
-@register("advantage", "rloo", paper="Ahmadian et al. 2024, Back to Basics (RLOO), arXiv 2402.14740")
+@register("advantage", "rloo", paper="Ahmadian et al. 2024, Back to Basics (RLOO), arXiv 2402.14740", needs={"groups"})
 def rloo_advantage(batch, cfg, ctx):
     """A_i = r_i - (1/(G-1)) sum_{j != i} r_j  =  G/(G-1) * (r_i - mean_g r)."""
     gids = batch.group_ids.cpu()
@@ -160,7 +167,7 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch
 
 
 @register("advantage", "reinforce_pp", config=ReinforcePPConfig,
-          paper="Hu 2025, REINFORCE++, arXiv 2501.03262")
+          paper="Hu 2025, REINFORCE++, arXiv 2501.03262", needs=reference_if_kl)
 def reinforce_pp_advantage(batch, cfg: ReinforcePPConfig, ctx):
     """Return G_t = r - beta * sum_{s >= t} (log pi_old - log ref)_s, then whitened over all valid
     tokens of the batch as verl's `compute_reinforce_plus_plus_outcome_advantage` (gamma = 1) does
@@ -219,7 +226,8 @@ def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None 
                "ppo_kl": float(masked_mean((batch.old_logp - out.logp).detach(), mask))}
     if cfg.kl_coef:
         if batch.ref_logp is None:
-            raise ValueError("kl_coef > 0 needs a reference policy (the trainer loads one when a loss asks)")
+            raise ValueError("kl_coef > 0 needs a reference policy: register the loss with "
+                             "needs=baselines.reference_if_kl (or keep TrainConfig.log_ref_kl=True)")
         kl_mat = kl_estimate(out.logp, batch.ref_logp, cfg.kl_kind, clamp=cfg.kl_clamp)
         kl = aggregate(kl_mat, mask, cfg.agg, cfg.max_len)
         loss = loss + cfg.kl_coef * kl
@@ -231,7 +239,8 @@ def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None 
     return loss, metrics
 
 
-@register("loss", "ppo_clip", config=PPOClipConfig, paper="Schulman et al. 2017, PPO, arXiv 1707.06347")
+@register("loss", "ppo_clip", config=PPOClipConfig, paper="Schulman et al. 2017, PPO, arXiv 1707.06347",
+          needs=reference_if_kl)
 def ppo_clip_loss(out, batch, cfg: PPOClipConfig, ctx):
     return ppo_terms(out, batch, cfg)
 

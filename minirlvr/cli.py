@@ -32,26 +32,55 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _train_defaults() -> dict:
+    """TrainConfig's field defaults: None for the settings a recipe may fix (an unset flag stays None, so the
+    recipe's value or the library default applies, and a flag given on the command line wins)."""
     from dataclasses import fields
     from .trainer import TrainConfig
     return {f.name: f.default for f in fields(TrainConfig)}
 
 
-def _add_train_args(p: argparse.ArgumentParser, steps_default: int) -> None:
-    d = _train_defaults()  # one source of truth for the defaults: TrainConfig
+def _levels(text: str):
+    """--difficulty 2 (one level) or 1,2,3 / (1, 2) (a mixture)."""
+    from .registry import _coerce
+    try:
+        return _coerce(text, int | tuple[int, ...], "difficulty")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a level or comma-separated levels ({e})") from None
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps_default: int | None) -> None:
+    from .trainer import TRAIN_DEFAULTS as lib
+    d = _train_defaults()  # one source of truth for the defaults: TrainConfig (None: recipe, else TRAIN_DEFAULTS)
+    dflt = lambda k: f"default: the recipe's, else {lib[k]}"  # noqa: E731
     p.add_argument("--task", default=d["task"])
-    p.add_argument("--steps", type=_positive_int, default=steps_default)
+    p.add_argument("--steps", type=_positive_int, default=steps_default,
+                   help=dflt("steps") if steps_default is None else f"default: {steps_default} for every recipe")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--prompts", type=_positive_int, default=d["prompts_per_step"], help="prompts per RL step")
-    p.add_argument("--group-size", "-G", type=_positive_int, default=d["group_size"], help="samples per prompt")
-    p.add_argument("--minibatches", type=_positive_int, default=d["minibatches"], help="optimizer steps per rollout")
-    p.add_argument("--epochs", type=_positive_int, default=d["ppo_epochs"], help="PPO epochs per rollout")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--warmup", type=int, default=d["warmup_steps"], help="linear lr warm-up steps")
-    p.add_argument("--temperature", type=float, default=d["temperature"])
+    p.add_argument("--prompts", type=_positive_int, default=d["prompts_per_step"],
+                   help=f"prompts per RL step ({dflt('prompts_per_step')})")
+    p.add_argument("--group-size", "-G", type=_positive_int, default=d["group_size"],
+                   help=f"samples per prompt ({dflt('group_size')})")
+    p.add_argument("--minibatches", type=_positive_int, default=d["minibatches"],
+                   help=f"optimizer steps per rollout ({dflt('minibatches')})")
+    p.add_argument("--epochs", type=_positive_int, default=d["ppo_epochs"], help=f"PPO epochs per rollout ({dflt('ppo_epochs')})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=dflt("lr"))
+    p.add_argument("--warmup", type=int, default=d["warmup_steps"], help=f"linear lr warm-up steps ({dflt('warmup_steps')})")
+    p.add_argument("--temperature", type=float, default=d["temperature"], help=dflt("temperature"))
+    p.add_argument("--max-new-tokens", type=_positive_int, default=d["max_new_tokens"],
+                   help="response length limit (default: the recipe's, else the task's)")
+    p.add_argument("--difficulty", type=_levels, default=d["difficulty"],
+                   help="training level, or comma-separated levels for a mixture (default: the recipe's, else the "
+                        "task's); the eval problems follow it")
+    p.add_argument("--train-split", choices=("train", "test"), default=d["train_split"],
+                   help="split of the training problems; test = test-time RL (default: the recipe's, else train)")
+    p.add_argument("--problem-pool", type=_positive_int, default=d["problem_pool"],
+                   help="train on a fixed pool of N problems, in shuffled epochs (default: the recipe's, else fresh "
+                        "problems every step)")
     p.add_argument("--eval-every", type=int, default=d["eval_every"])
     p.add_argument("--eval-problems", type=_positive_int, default=d["eval_problems"])
     p.add_argument("--eval-k", type=_positive_int, default=d["eval_k"])
+    p.add_argument("--eval-difficulty", type=_levels, default=d["eval_difficulty"],
+                   help="level(s) of the eval problems (default: the training difficulty)")
     p.add_argument("--threads", type=_positive_int, default=d["threads"],
                    help="torch CPU threads (default 1: measured fastest on a busy 2-core machine, see README)")
     p.add_argument("--device", default=d["device"])
@@ -59,7 +88,11 @@ def _add_train_args(p: argparse.ArgumentParser, steps_default: int) -> None:
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="override a stage setting, e.g. --set loss.clip_high=0.28 (repeatable)")
-    p.add_argument("--diagnostics", action="store_true", help="log measured vs predicted entropy change per step")
+    p.add_argument("--probe", action="append", default=[], metavar="NAME",
+                   help="run a registered probe (analysis metrics) after the steps (repeatable; see `minirlvr list`)")
+    p.add_argument("--probe-every", type=_positive_int, default=d["probe_every"], help="run the probes every N steps")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="deprecated: = --probe entropy_change (measured vs predicted entropy change every step)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -70,9 +103,11 @@ def _train_config(a):
                        loss=getattr(a, "loss", None), overrides=_parse_set(a.set), steps=a.steps, seed=a.seed,
                        prompts_per_step=a.prompts, group_size=a.group_size, minibatches=a.minibatches,
                        ppo_epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup, temperature=a.temperature,
-                       eval_every=a.eval_every, threads=a.threads,
-                       eval_problems=a.eval_problems, eval_k=a.eval_k, device=a.device, init=a.init,
-                       out_dir=a.out, name=getattr(a, "name", None), resume=getattr(a, "resume", False),
+                       max_new_tokens=a.max_new_tokens, difficulty=a.difficulty, train_split=a.train_split,
+                       problem_pool=a.problem_pool, eval_every=a.eval_every, threads=a.threads,
+                       eval_problems=a.eval_problems, eval_k=a.eval_k, eval_difficulty=a.eval_difficulty,
+                       device=a.device, init=a.init, out_dir=a.out, name=getattr(a, "name", None),
+                       resume=getattr(a, "resume", False), probes=tuple(a.probe), probe_every=a.probe_every,
                        entropy_diagnostics=a.diagnostics, progress=not a.no_progress)
 
 
@@ -130,18 +165,20 @@ def cmd_bench(a) -> None:
 
 def cmd_list(a) -> None:
     from toy_tasks import TASKS
-    from .registry import list_recipes, list_stages
-    for stage, entries in list_stages().items():
+    from .registry import list_probes, list_recipes, list_stages
+    for stage, entries in {**list_stages(), "probe": list_probes()}.items():
         print(f"{stage}:")
         for name, e in entries.items():
             print(f"  {name:<22} {e.paper}")
     print("recipes:")
     for name, r in list_recipes().items():
-        print(f"  {name:<22} rollout={r.rollout} reward={r.reward} advantage={r.advantage} loss={r.loss}   [{r.paper}]")
+        train = "".join(f" {k}={v}" for k, v in r.train_cfg.items())
+        print(f"  {name:<22} rollout={r.rollout} reward={r.reward} advantage={r.advantage} loss={r.loss}"
+              f"{'   train:' + train if train else ''}   [{r.paper}]")
     import importlib
     import pkgutil
     from . import methods
-    used = {e.fn.__module__ for entries in list_stages().values() for e in entries.values()}
+    used = {e.fn.__module__ for entries in (*list_stages().values(), list_probes()) for e in entries.values()}
     analysis = [m.name for m in pkgutil.iter_modules(methods.__path__) if f"minirlvr.methods.{m.name}" not in used]
     if analysis:
         print("evaluation / analysis modules (no stage):")
@@ -169,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{stage}", default=None, help=f"registered {stage} function (overrides the recipe's)")
     t.add_argument("--name", default=None, help="run folder name")
     t.add_argument("--resume", action="store_true", help="continue the run in --out/--name from its checkpoint")
-    _add_train_args(t, steps_default=300)
+    _add_train_args(t, steps_default=None)
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("compare", help="run several recipes over several seeds and plot them together")

@@ -58,7 +58,8 @@ def _leash_setup(base: TrainConfig, n: int):
     from .sft import default_checkpoint
     task = get_task(base.task)
     base_policy = load_checkpoint(base.init or default_checkpoint(base.task))[0]
-    problems = task.sample(base.eval_problems, np.random.default_rng(base.eval_seed), split="test")
+    difficulty = base.difficulty if base.eval_difficulty is None else base.eval_difficulty  # as the trainer's eval set
+    problems = task.sample(base.eval_problems, np.random.default_rng(base.eval_seed), split="test", difficulty=difficulty)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
 
     def measure(policy) -> dict:

@@ -61,7 +61,8 @@ def length_stats(response_mask: torch.Tensor, truncated: torch.Tensor | None = N
 @torch.no_grad()
 def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: int) -> dict[str, float]:
     """Greedy accuracy, pass@1..k at temperature 1 from k samples per problem (unbiased), and the
-    mean token entropy of those samples. The same `seed` gives the same samples."""
+    mean token entropy of those samples. The same `seed` gives the same samples. When the problems
+    span several difficulty levels, also greedy_acc@d{level} and pass@1@d{level} per level."""
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     batch = sample(policy, problems, k, max_new_tokens, temperature=1.0, generator=gen)
     correct = torch.tensor([task.reward(p, t) for p, t in zip(batch.problems, batch.texts)]) > 0.5
@@ -70,6 +71,14 @@ def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: i
     for kk in range(1, k + 1):
         out[f"pass@{kk}"] = pass_at_k_groups(correct, batch.group_ids.cpu(), kk)
     out["entropy"] = entropy_stats(batch.old_entropy, batch.response_mask)["entropy"]
+    levels = sorted({p.difficulty for p in problems})
+    if len(levels) > 1:
+        greedy_ok = np.array([task.reward(p, t) > 0.5 for p, t in zip(greedy.problems, greedy.texts)])
+        sample_level = torch.tensor([p.difficulty for p in batch.problems])
+        for d in levels:
+            rows = sample_level == d
+            out[f"greedy_acc@d{d}"] = float(greedy_ok[[p.difficulty == d for p in greedy.problems]].mean())
+            out[f"pass@1@d{d}"] = pass_at_k_groups(correct[rows], batch.group_ids.cpu()[rows], 1)
     return out
 
 

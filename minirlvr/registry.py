@@ -7,14 +7,32 @@ Four stages, one signature each (ctx is the trainer's StageContext):
   advantage fn(batch, cfg, ctx) -> advantages [B, T]
   loss      fn(out: PolicyOutput, batch, cfg, ctx) -> (scalar loss, metrics dict)
 
+plus probes, which are not a stage of the pipeline but analysis run every `probe_every` steps:
+
+  probe     fn(policy, batch, cfg, ctx) -> {metric name: float}   (merged into the step's record)
+
 A stage function is registered where it is defined:
 
     @register("loss", "my_loss", config=MyLossConfig, paper="Me et al., 2026")
     def my_loss(out, batch, cfg, ctx): ...
 
-and a recipe names one function per stage plus config overrides:
+and declares at registration what the trainer must do for it (the trainer acts on declarations,
+never on a method's name or a config field's name):
 
-    register_recipe(Recipe("my_method", loss="my_loss", loss_cfg={"beta": 0.1}))
+    needs     {"reference", "hidden", "groups", "group_minibatches"} or a function cfg -> such a set:
+              reference          load the reference policy; batch.ref_logp is filled
+              hidden             the loss's PolicyOutput carries per-layer hidden states
+              groups             statistics over the G samples of a prompt: group_size must be >= 2
+              group_minibatches  minibatches hold whole groups (group ids are permuted, not rows)
+    provides  per-row batch.extras keys the stage writes;  requires: keys it reads.
+              build_pipeline checks that an earlier stage of the pipeline provides every required key.
+    prepare   loss only: prepare(batch, cfg, ctx) -> None, once per RL step on the full batch,
+              after the advantages (and ref_logp), before the first optimizer step.
+
+A recipe names one function per stage plus config overrides, and may fix trainer settings
+(an explicit TrainConfig / CLI value still wins):
+
+    register_recipe(Recipe("my_method", loss="my_loss", loss_cfg={"beta": 0.1}, train_cfg={"minibatches": 8}))
 
 A config dataclass checks its own ranges at construction (Python or CLI alike), e.g.
 
@@ -23,6 +41,7 @@ A config dataclass checks its own ranges at construction (Python or CLI alike), 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import math
@@ -32,15 +51,29 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 STAGES = ("rollout", "reward", "advantage", "loss")
+KINDS = STAGES + ("probe",)   # what `register` accepts: the pipeline stages and probes
+NEEDS = ("reference", "hidden", "groups", "group_minibatches")
+
+Needs = typing.Union[frozenset, Callable[[Any], typing.AbstractSet[str]]]
 
 
 @dataclass
 class StageEntry:
     name: str
-    stage: str
+    stage: str            # one of KINDS
     fn: Callable
     config: type | None   # a dataclass of the function's settings (None: takes no settings)
     paper: str            # where it comes from, for `minirlvr list`
+    needs: Needs = frozenset()              # a set of NEEDS, or a function config -> such a set
+    provides: frozenset = frozenset()       # per-row batch.extras keys this stage writes
+    requires: frozenset = frozenset()       # per-row batch.extras keys it reads
+    prepare: Callable | None = None         # loss only: prepare(batch, cfg, ctx), once per RL step
+
+    def needs_for(self, cfg: Any) -> frozenset:
+        """The declared needs at this config (a function of the config is called with it)."""
+        needs = frozenset(self.needs(cfg) if callable(self.needs) else self.needs)
+        _check_needs(needs, f"{self.stage} {self.name!r}")
+        return needs
 
 
 @dataclass
@@ -56,24 +89,44 @@ class Recipe:
     reward_cfg: dict = field(default_factory=dict)
     advantage_cfg: dict = field(default_factory=dict)
     loss_cfg: dict = field(default_factory=dict)
-    train_cfg: dict = field(default_factory=dict)  # TrainConfig overrides (e.g. minibatches)
+    train_cfg: dict = field(default_factory=dict)  # TrainConfig settings (e.g. minibatches); explicit values win
 
 
-_STAGES: dict[str, dict[str, StageEntry]] = {s: {} for s in STAGES}
+_STAGES: dict[str, dict[str, StageEntry]] = {s: {} for s in KINDS}
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register(stage: str, name: str, config: type | None = None, paper: str = ""):
-    """Decorator: register `fn` as stage function `name`."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+def _check_needs(needs, where: str) -> None:
+    unknown = sorted(set(needs) - set(NEEDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown need(s) {unknown}; known needs: {', '.join(NEEDS)}")
+
+
+def register(stage: str, name: str, config: type | None = None, paper: str = "", *, needs: Needs = frozenset(),
+             provides=(), requires=(), prepare: Callable | None = None):
+    """Decorator: register `fn` as stage function (or probe) `name`, with its declarations (module doc)."""
+    if stage not in KINDS:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)} (and 'probe')")
     if config is not None and not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {stage} {name!r} must be a dataclass, got {config!r}")
+    where = f"{stage} {name!r}"
+    if not callable(needs):
+        if isinstance(needs, str):
+            raise TypeError(f"{where}: needs must be a set of names or a function cfg -> set, got the string {needs!r}")
+        needs = frozenset(needs)
+        _check_needs(needs, where)
+    if isinstance(provides, str) or isinstance(requires, str):
+        raise TypeError(f"{where}: provides / requires must be collections of extras keys, not a string")
+    if prepare is not None and stage != "loss":
+        raise ValueError(f"{where}: only a loss may have a prepare function")
+    if provides and stage == "probe":
+        raise ValueError(f"{where}: a probe provides no extras (it runs after the updates)")
 
     def deco(fn):
         if name in _STAGES[stage] and _STAGES[stage][name].fn is not fn:
             raise ValueError(f"{stage} function {name!r} is already registered")
-        _STAGES[stage][name] = StageEntry(name, stage, fn, config, paper)
+        _STAGES[stage][name] = StageEntry(name, stage, fn, config, paper, needs, frozenset(provides),
+                                          frozenset(requires), prepare)
         return fn
     return deco
 
@@ -92,9 +145,10 @@ def load_all() -> None:
 
 
 def get_stage(stage: str, name: str) -> StageEntry:
+    """The stage function (or, with stage="probe", the probe) registered as `name`."""
     load_all()
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage not in KINDS:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)} (and 'probe')")
     if name not in _STAGES[stage]:
         raise ValueError(f"unknown {stage} function {name!r}; known: {', '.join(sorted(_STAGES[stage]))}")
     return _STAGES[stage][name]
@@ -108,8 +162,14 @@ def get_recipe(name: str) -> Recipe:
 
 
 def list_stages() -> dict[str, dict[str, StageEntry]]:
+    """The four pipeline stages' registered functions (probes: `list_probes`)."""
     load_all()
-    return {s: dict(sorted(v.items())) for s, v in _STAGES.items()}
+    return {s: dict(sorted(_STAGES[s].items())) for s in STAGES}
+
+
+def list_probes() -> dict[str, StageEntry]:
+    load_all()
+    return dict(sorted(_STAGES["probe"].items()))
 
 
 def list_recipes() -> dict[str, Recipe]:
@@ -189,7 +249,42 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{where}: expected a string, got {value!r}")
         return value
-    return value  # other annotations (tuples, dicts): taken as given
+    if typ in (tuple, list) or origin in (tuple, list):
+        kind = origin or typ
+        items = _parse_items(value, where) if isinstance(value, str) else value
+        if not isinstance(items, (tuple, list)):
+            raise ValueError(f"{where}: expected a {kind.__name__}, got {value!r}")
+        if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):   # tuple[X, Y]: fixed length
+            if len(items) != len(args):
+                raise ValueError(f"{where}: expected {len(args)} values ({typ}), got {len(items)} in {value!r}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+        elem = args[0] if args else Any
+        return kind(_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(items))
+    if typ is dict or origin is dict:
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"{where}: expected a dict such as {{'a': 1}}, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a dict, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, f"{where} key"): _coerce(v, vt, f"{where}[{k!r}]") for k, v in value.items()}
+    return value  # other annotations (Any, classes): taken as given
+
+
+def _parse_items(text: str, where: str) -> list:
+    """A CLI string as a list of items: "1,2,3", "(1, 2)", "[0.1, 0.2]", "a,b" or "" (empty)."""
+    text = text.strip()
+    if text[:1] in "([" and text[-1:] in ")]":
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if isinstance(value, (tuple, list)):
+            return list(value)
+        text = text[1:-1]
+    return [part.strip() for part in text.split(",")] if text.strip() else []
 
 
 def make_config(config_cls: type | None, overrides: dict | None = None, where: str = "config"):

@@ -66,17 +66,45 @@ class RolloutBatch:
         B = self.size
 
         def take(v):
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B:
-                return v[idx]
-            if isinstance(v, list) and len(v) == B:
-                return [v[i] for i in rows]
-            return v
+            if not _per_row(v, B):
+                return v
+            return v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
         return replace(self, **{f: take(getattr(self, f)) for f in self.__dataclass_fields__ if f != "extras"},
                        extras={k: take(v) for k, v in self.extras.items()})
 
 
+def _per_row(v: Any, n: int) -> bool:
+    """An extras value with one entry per row of an n-row batch (what select() slices)."""
+    return (isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n) or (isinstance(v, list) and len(v) == n)
+
+
+def _concat_extras(batches: Sequence[RolloutBatch]) -> dict[str, Any]:
+    """Per-row extras (tensors or lists of length B) of every batch concatenated; tensors of different
+    trailing widths (per-token [B, T] values) right-padded with 0 like the response fields. Other values:
+    the first batch's. A key that is per-row in the first batch must be per-row in every batch."""
+    out = {}
+    for k, v in batches[0].extras.items():
+        if not _per_row(v, batches[0].size):
+            out[k] = v
+            continue
+        parts = [b.extras.get(k) for b in batches]
+        if not all(_per_row(p, b.size) and type(p) is type(v) for p, b in zip(parts, batches)):
+            raise ValueError(f"concat_batches: extras[{k!r}] is per-row in the first batch but missing or not "
+                             f"per-row in another")
+        if isinstance(v, list):
+            out[k] = [x for p in parts for x in p]
+            continue
+        width = [max(p.shape[d] for p in parts) for d in range(1, v.dim())]
+        if any(p.dim() != v.dim() for p in parts):
+            raise ValueError(f"concat_batches: extras[{k!r}] has tensors of different ranks")
+        pads = [[x for d in reversed(range(1, v.dim())) for x in (0, width[d - 1] - p.shape[d])] for p in parts]
+        out[k] = torch.cat([torch.nn.functional.pad(p, pad) if any(pad) else p for p, pad in zip(parts, pads)])
+    return out
+
+
 def concat_batches(batches: Sequence[RolloutBatch]) -> RolloutBatch:
-    """Stack rollouts of possibly different widths (prompts re-padded left, responses right)."""
+    """Stack rollouts of possibly different widths (prompts re-padded left, responses right).
+    Per-row extras are concatenated too (see _concat_extras); other extras keep the first batch's value."""
     if not batches:
         raise ValueError("concat_batches needs at least one batch")
     P = max(b.prompt_ids.shape[1] for b in batches)
@@ -107,7 +135,7 @@ def concat_batches(batches: Sequence[RolloutBatch]) -> RolloutBatch:
                   truncated=torch.cat([b.truncated for b in batches]),
                   rewards=None if any(b.rewards is None for b in batches) else torch.cat([b.rewards for b in batches]),
                   problems=[p for b in batches for p in b.problems],
-                  texts=[t for b in batches for t in b.texts], extras={})
+                  texts=[t for b in batches for t in b.texts], extras=_concat_extras(batches))
     return out
 
 

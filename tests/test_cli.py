@@ -15,6 +15,9 @@ from minirlvr.cli import main
     (["train", "--set", "loss.nope=1"], "unknown setting"),
     (["train", "--set", "oops"], "stage.key=value"),
     (["train", "--group-size", "1"], "group_size must be >= 2"),
+    (["train", "--probe", "nope"], "unknown probe function 'nope'; known: "),
+    (["train", "--difficulty", "1,9"], "difficulty (1, 9) is not valid for task 'addition'; valid difficulties"),
+    (["train", "--diagnostics", "--probe-every", "2"], "entropy_diagnostics (deprecated)"),
     (["compare", "--recipes", "grpo,nope"], "unknown recipe 'nope'"),
     (["pretrain", "--task", "nope"], "unknown task"),
 ])
@@ -28,7 +31,10 @@ def test_errors_are_one_line(argv, message, capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [(["train", "--steps", "0"], "expected a positive integer, got 0"),
                                            (["train", "--steps", "x"], "expected a positive integer, got 'x'"),
-                                           (["compare"], "--recipes"), (["train", "--bogus"], "unrecognized")])
+                                           (["compare"], "--recipes"), (["train", "--bogus"], "unrecognized"),
+                                           (["train", "--difficulty", "1,x"], "expected a level or comma-separated"),
+                                           (["train", "--train-split", "val"], "invalid choice"),
+                                           (["train", "--problem-pool", "0"], "expected a positive integer")])
 def test_argument_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -62,3 +68,22 @@ def test_train_and_compare_write_their_outputs(tmp_path, tiny_ckpt, capsys):
     assert {"curves.png", "pass_at_k.png", "summary.csv"} <= set(os.listdir(tmp_path / "c"))
     out = capsys.readouterr().out
     assert "grpo" in out and "dr_grpo" in out
+
+
+def test_unset_flags_leave_the_recipe_settings_and_explicit_flags_win(tmp_path, tiny_ckpt, capsys):
+    import json
+    from minirlvr import registry
+    registry.register_recipe(registry.Recipe("cli_test_recipe", train_cfg={"minibatches": 2, "prompts_per_step": 3}))
+    common = ["--recipe", "cli_test_recipe", "--init", tiny_ckpt, "--steps", "1", "-G", "2", "--eval-every", "0",
+              "--no-progress", "--probe", "entropy_change", "--difficulty", "1,2"]
+    assert main(["train", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--minibatches", "1", *common]) == 0
+    saved = [json.load(open(tmp_path / d / "cli_test_recipe_addition_s0" / "config.json")) for d in "ab"]
+    assert [s["train"]["minibatches"] for s in saved] == [2, 1]
+    assert [s["train_sources"]["minibatches"] for s in saved] == ["recipe 'cli_test_recipe'", "explicit"]
+    assert all(s["train"]["prompts_per_step"] == 3 and s["train"]["lr"] == 1e-4 for s in saved)
+    assert all(s["train"]["difficulty"] == [1, 2] and s["train"]["probes"] == ["entropy_change"] for s in saved)
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "probe:" in out and "entropy_change" in out
+    assert "cli_test_recipe" in out and "train: minibatches=2 prompts_per_step=3" in out

@@ -41,8 +41,9 @@ IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
 
 def registered_configs() -> list[type]:
-    return sorted({e.config for fns in registry.list_stages().values() for e in fns.values() if e.config},
-                  key=lambda c: c.__name__)
+    """The library's registered configs (test-only stages that other test modules register are left out)."""
+    return sorted({e.config for fns in (*registry.list_stages().values(), registry.list_probes()) for e in fns.values()
+                   if e.config and e.fn.__module__.startswith("minirlvr.")}, key=lambda c: c.__name__)
 
 
 def number_fields(cls) -> dict[str, type]:
@@ -197,3 +198,43 @@ def test_check_range_none_passes_and_open_bounds():
         registry.check_range(cfg, "clip_high", hi=0.5, hi_open=True)
     with pytest.raises(ValueError, match=r"must be in \[0, 0.5\), got 0.5"):
         registry.check_range(cfg, "clip_high", lo=0.0, hi=0.5, hi_open=True)
+
+
+# ------------------------------------------------------------------ tuple / list / dict settings
+
+@dataclasses.dataclass
+class _Shapes:
+    levels: tuple[int, ...] = (1,)
+    band: tuple[float, float] = (0.0, 1.0)
+    names: list[str] = dataclasses.field(default_factory=list)
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    level: int | tuple[int, ...] | None = None
+
+
+@pytest.mark.parametrize("key,value,want", [
+    ("levels", "1,2,3", (1, 2, 3)), ("levels", "(1, 2)", (1, 2)), ("levels", "[4]", (4,)), ("levels", "", ()),
+    ("levels", [1, 2.0], (1, 2)), ("band", "(0.1, 0.9)", (0.1, 0.9)), ("band", "0,1", (0.0, 1.0)),
+    ("names", "a, b", ["a", "b"]), ("names", ("x",), ["x"]), ("names", "['a', 'b']", ["a", "b"]),
+    ("weights", "{'a': 1, 'b': 0.5}", {"a": 1.0, "b": 0.5}), ("weights", {"a": "2"}, {"a": 2.0}),
+    ("level", "2", 2), ("level", "1,2", (1, 2)), ("level", "none", None), ("level", (3, 4), (3, 4)),
+])
+def test_container_settings_are_parsed_and_typed(key, value, want):
+    got = getattr(registry.make_config(_Shapes, {key: value}), key)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("levels", "1,x", r"levels\[1\]: expected int, got 'x'"),
+    ("levels", "1.5", r"levels\[0\]: expected int, got .1\.5."),
+    ("levels", 3, "expected a tuple, got 3"),
+    ("band", "1,2,3", r"expected 2 values \(tuple\[float, float\]\), got 3"),
+    ("band", "(nan, 1)", r"band\[0\] must be finite"),
+    ("names", [1], r"names\[0\]: expected a string"),
+    ("weights", "[1", "expected a dict"),
+    ("weights", {"a": "x"}, r"weights\['a'\]: expected float"),
+    ("level", "1,x", "fits none of"),
+])
+def test_container_settings_give_clear_errors(key, value, message):
+    with pytest.raises(ValueError, match=message) as e:
+        registry.make_config(_Shapes, {key: value}, where="loss 'x'")
+    assert "\n" not in str(e.value) and f"loss 'x'.{key}" in str(e.value)

@@ -106,3 +106,22 @@ def test_length_stats_and_accuracy():
     assert "truncated_frac" not in length_stats(m)
     assert accuracy(torch.tensor([1.0, 0.0, 1.0, 0.2])) == pytest.approx(0.5)
     assert math.isnan(accuracy(torch.tensor([])))
+
+
+def test_evaluate_policy_breaks_down_by_difficulty():
+    """With problems of several levels, greedy_acc@d{level} and pass@1@d{level} per level; with one level,
+    exactly the keys of before (no breakdown)."""
+    from types import SimpleNamespace
+    from minirlvr.metrics import evaluate_policy
+    from minirlvr.model import GPTConfig
+    from toy_tasks import Problem
+    from test_model import make_model
+    model = make_model(cfg=GPTConfig(d_model=32, n_layers=2, n_heads=2, context=32))
+    # a verifier that only looks at the level: level 1 is always right, level 2 never
+    task = SimpleNamespace(reward=lambda p, t: float(p.difficulty == 1))
+    probs = [Problem("addition", f"{a}+{a}=", str(2 * a), 1 if a < 10 else 2, (a, a)) for a in (1, 2, 3, 40, 50)]
+    ev = evaluate_policy(model, task, probs, 2, 4, seed=0)
+    assert ev["greedy_acc"] == pytest.approx(3 / 5)
+    assert (ev["greedy_acc@d1"], ev["greedy_acc@d2"], ev["pass@1@d1"], ev["pass@1@d2"]) == (1.0, 0.0, 1.0, 0.0)
+    one = evaluate_policy(model, task, probs[:3], 2, 4, seed=0)
+    assert sorted(one) == ["entropy", "greedy_acc", "pass@1", "pass@2"]

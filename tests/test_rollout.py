@@ -166,6 +166,35 @@ def test_concat_batches_repads_and_keeps_rows(d):
     assert torch.allclose(c.old_logp[m], out.logp[m], atol=1e-5, rtol=0)
 
 
+@given(d=st.data())
+def test_concat_batches_keeps_per_row_extras(d):
+    parts = [run(d.draw(problem_lists), d.draw(st.integers(1, 2)), d.draw(st.integers(1, 8)), seed=d.draw(st.integers(0, 99)))
+             for _ in range(d.draw(st.integers(1, 3)))]
+    for k, p in enumerate(parts):
+        p.extras["tag"] = [(k, i) for i in range(p.size)]                       # a per-row list
+        p.extras["score"] = torch.arange(p.size, dtype=torch.float32) + 10 * k  # a per-row tensor
+        p.extras["tok"] = p.response_mask.bool()                                 # a per-token [B, T_k] tensor
+        p.extras["note"] = f"batch {k}"                                          # not per-row: the first's is kept
+    c = concat_batches(parts)
+    rows = [(k, i) for k, p in enumerate(parts) for i in range(p.size)]
+    assert c.extras["tag"] == rows
+    assert c.extras["score"].tolist() == [float(i + 10 * k) for k, i in rows]
+    assert torch.equal(c.extras["tok"], c.response_mask.bool())                  # right-padded with False
+    assert c.extras["note"] == "batch 0"
+    s = c.select(torch.arange(c.size - 1, -1, -1))                               # and select() slices them again
+    assert s.extras["tag"] == rows[::-1]
+
+
+def test_concat_batches_rejects_ragged_extras():
+    a, b = run([prob(1, 2)], 2, 4, seed=0), run([prob(3, 4)], 2, 4, seed=1)
+    a.extras["x"] = [1, 2]
+    with pytest.raises(ValueError, match=r"extras\['x'\] is per-row in the first batch"):
+        concat_batches([a, b])
+    b.extras["x"] = torch.zeros(2)   # per-row, but a tensor where the first batch has a list
+    with pytest.raises(ValueError, match="per-row"):
+        concat_batches([a, b])
+
+
 def test_policy_forward_hidden_and_grad():
     b = run([prob(5, 6)], 2, 5, seed=1)
     out = policy_forward(MODEL, b, output_hidden=True)

@@ -478,3 +478,80 @@ def test_determinism(name):
         assert first != task.sample(30, np.random.default_rng(8), split=split)
         demos = [task.demonstration(p, np.random.default_rng(i)) for i, p in enumerate(first)]
         assert demos == [task.demonstration(p, np.random.default_rng(i)) for i, p in enumerate(first)]
+
+
+# ---------------------------------------------------------------------------
+# Per-task test share and difficulty mixtures (problem distribution knobs)
+# ---------------------------------------------------------------------------
+# Digests of the splits as they were when the share was one global constant (20%), computed with
+# that code: 60 problems per split and difficulty (rng seeded with the level), key + split of each.
+SPLIT_DIGESTS = {
+    "addition": "1c54046b10d9549e",
+    "addition_scratchpad": "1c54046b10d9549e",
+    "chain": "43acca00d9eeffa8",
+    "countdown": "908d7880935ac331",
+    "multiplication": "97f15f06e6b65d66",
+    "multiplication_scratchpad": "97f15f06e6b65d66",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_split_of_every_task_is_unchanged(name):
+    import hashlib
+    task = TASKS[name]
+    assert task.test_percent == 20
+    h = hashlib.sha256()
+    for d in task.difficulties:
+        for split in ("train", "test"):
+            for p in task.sample(60, np.random.default_rng(d), split=split, difficulty=d):
+                h.update(f"{task.key(p)}|{split}|{task.split_of(p)};".encode())
+    assert h.hexdigest()[:16] == SPLIT_DIGESTS[name]
+
+
+def test_whole_split_of_small_spaces_is_unchanged():
+    import hashlib
+    add, mul = TASKS["addition"], TASKS["multiplication"]
+    s = "".join(add.split_of(add.make_problem(a, b))[1] for a in range(100) for b in range(100))
+    assert (hashlib.sha256(s.encode()).hexdigest()[:16], s.count("e")) == ("765a80085aa2619b", 1964)
+    s = "".join(mul.split_of(mul.make_problem(a, b))[1] for a in range(1000) for b in range(10))
+    assert (hashlib.sha256(s.encode()).hexdigest()[:16], s.count("e")) == ("38a6e04fcea63f87", 2018)
+
+
+def test_test_percent_is_per_task():
+    from dataclasses import replace
+    add = TASKS["addition"]
+    half = replace(add, name="addition_half", test_percent=50)
+    space = [add.make_problem(a, b) for a in range(10, 100) for b in range(10, 100)]
+    frac = np.mean([half.split_of(p) == "test" for p in space])
+    assert 0.47 <= frac <= 0.53
+    # a larger share only adds keys to the test split (the bucket threshold moves up)
+    assert all(half.split_of(p) == "test" for p in space if add.split_of(p) == "test")
+    assert all(half.split_of(p) == "test" for p in half.sample(50, np.random.default_rng(0), split="test"))
+    cd = replace(COUNTDOWN, name="countdown_half", test_percent=50)   # countdown draws targets of the split itself
+    assert all(cd.split_of(p) == "test" for p in cd.sample(20, np.random.default_rng(0), split="test"))
+    for bad in (0, 100, 20.5, True):
+        with pytest.raises(ValueError, match="test_percent"):
+            replace(add, test_percent=bad)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_difficulty_mixture(name):
+    task = TASKS[name]
+    levels = task.difficulties[:2]
+    probs = task.sample(200, np.random.default_rng(0), difficulty=levels)
+    counts = Counter(p.difficulty for p in probs)
+    assert set(counts) == set(levels) and min(counts.values()) > 60   # uniform over the tuple: ~100 each
+    assert probs == task.sample(200, np.random.default_rng(0), difficulty=list(levels))
+    # a single level (or a 1-tuple) draws no level: the same stream as before mixtures existed
+    one = task.difficulties[-1]
+    assert task.sample(20, np.random.default_rng(3), difficulty=(one,)) == task.sample(20, np.random.default_rng(3), difficulty=one)
+    assert task.sample(20, np.random.default_rng(3)) == task.sample(20, np.random.default_rng(3), difficulty=task.default_difficulty)
+    for bad in ((), (levels[0], 99), (True,), "2"):
+        with pytest.raises(ValueError, match="valid difficulties"):
+            task.sample(2, np.random.default_rng(0), difficulty=bad)
+
+
+def test_mixture_weights_follow_repeats():
+    add = TASKS["addition"]
+    counts = Counter(p.difficulty for p in add.sample(600, np.random.default_rng(1), difficulty=(1, 1, 2)))
+    assert 350 <= counts[1] <= 450 and counts[1] + counts[2] == 600

@@ -3,8 +3,9 @@
 - `Problem`: one question (prompt, canonical answer, hashable content).
 - `Task`: sampling (with a fixed train/test split), demonstrations, verifier.
 - The split hash: a problem is in the test split iff a stable hash of its
-  canonical key falls in a fixed 20% bucket, so train and test are disjoint by
-  construction, independent of seeds, and the same on every machine.
+  canonical key falls in a fixed bucket of `Task.test_percent` percent (20 by
+  default), so train and test are disjoint by construction, independent of
+  seeds, and the same on every machine.
 - Small text helpers shared by the tasks: canonical integer answers and a tiny
   recursive-descent parser for + - * / ( ) expressions (no eval/exec anywhere).
 
@@ -26,7 +27,7 @@ from typing import Union
 import numpy as np
 
 SPLITS = ("train", "test")
-TEST_PERCENT = 20          # a key is in the test split iff its hash bucket (0..99) is < 20
+TEST_PERCENT = 20          # default Task.test_percent: a key is in the test split iff its hash bucket (0..99) is < 20
 ANSWER_MARKER = "#"        # everything after the last "#" is the final answer
 MAX_TRIES = 100_000        # rejection-sampling guard; real tasks need a handful of tries
 MAX_PARSE_CHARS = 256      # longer completions are wrong without parsing (keeps the verifier O(1)-ish)
@@ -61,14 +62,14 @@ def check_str(completion: object) -> None:
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
 
 
-def split_of_key(key: str) -> str:
-    """'test' iff the stable hash of `key` falls in the fixed TEST_PERCENT bucket.
+def split_of_key(key: str, test_percent: int = TEST_PERCENT) -> str:
+    """'test' iff the stable hash bucket (0..99) of `key` is < `test_percent`.
 
     hashlib (not Python's salted hash()) so the split is the same in every process.
     """
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") % 100
-    return "test" if bucket < TEST_PERCENT else "train"
+    return "test" if bucket < test_percent else "train"
 
 
 def parse_int(text: str) -> str | None:
@@ -225,13 +226,33 @@ class Task:
     max_new_tokens: int          # longest demonstration at max difficulty + EOS + a little slack
     default_difficulty: int
     difficulties: tuple[int, ...]
+    test_percent: int = TEST_PERCENT  # share (in %) of the canonical keys in the test split
+
+    def __post_init__(self):
+        if isinstance(self.test_percent, bool) or not isinstance(self.test_percent, int) \
+                or not 0 < self.test_percent < 100:
+            raise ValueError(f"task {self.name!r}: test_percent must be an integer in 1..99, got {self.test_percent!r}")
+
+    def check_difficulty(self, difficulty: int | tuple[int, ...] | list[int] | None) -> int | tuple[int, ...]:
+        """The level(s) `sample` will draw at: None -> the default level, a 1-tuple -> its level,
+        a longer tuple (or list) -> a mixture. ValueError naming the valid levels otherwise."""
+        if difficulty is None:
+            return self.default_difficulty
+        levels = tuple(difficulty) if isinstance(difficulty, (tuple, list)) else (difficulty,)
+        bad = [d for d in levels if isinstance(d, bool) or d not in self.difficulties]
+        if bad or not levels:
+            raise ValueError(
+                f"difficulty {difficulty!r} is not valid for task {self.name!r}; "
+                f"valid difficulties: {self.difficulties} (or a tuple of them: a mixture)"
+            )
+        return levels if len(levels) > 1 else levels[0]
 
     def sample(
         self,
         n: int,
         rng: np.random.Generator,
         split: str = "train",
-        difficulty: int | None = None,
+        difficulty: int | tuple[int, ...] | None = None,
     ) -> list[Problem]:
         """Draw `n` problems of one split, deterministically given the rng state.
 
@@ -239,6 +260,11 @@ class Task:
         small spaces (1-digit addition has 100 problems) will repeat a lot.
         Candidates of the other split are rejected, so train and test never share
         a canonical key.
+
+        `difficulty`: None (the task's default level), one level, or a tuple of levels:
+        a mixture, each problem's level drawn uniformly from the tuple first (a level
+        listed twice is drawn twice as often). A single level, or a 1-tuple, draws no
+        level, so it consumes the rng exactly as before mixtures existed.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
             raise TypeError(f"n must be an int, got {type(n).__name__}")
@@ -246,19 +272,14 @@ class Task:
             raise ValueError(f"n must be >= 0, got {n}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if difficulty is None:
-            difficulty = self.default_difficulty
-        if difficulty not in self.difficulties:
-            raise ValueError(
-                f"difficulty {difficulty!r} is not valid for task {self.name!r}; "
-                f"valid difficulties: {self.difficulties}"
-            )
+        levels = self.check_difficulty(difficulty)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         problems = []
         for _ in range(int(n)):
+            level = levels if isinstance(levels, int) else levels[int(rng.integers(len(levels)))]
             for _attempt in range(MAX_TRIES):
-                problem = self._draw(difficulty, rng, split)
+                problem = self._draw(level, rng, split)
                 if problem is not None and self.split_of(problem) == split:
                     problems.append(problem)
                     break
@@ -268,7 +289,7 @@ class Task:
 
     def split_of(self, problem: Problem) -> str:
         """'train' or 'test', a pure function of the problem's canonical key."""
-        return split_of_key(self.key(problem))
+        return split_of_key(self.key(problem), self.test_percent)
 
     def reward(self, problem: Problem, completion: str) -> float:
         """1.0 iff the completion's final answer is exactly the canonical answer, else 0.0."""

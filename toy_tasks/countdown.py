@@ -212,7 +212,7 @@ class CountdownTask(Task):
         candidates = [
             t for t in sorted(reachable(numbers))
             if TARGET_RANGE[0] <= t <= TARGET_RANGE[1]
-            and split_of_key(_key(numbers, t)) == split
+            and split_of_key(_key(numbers, t), self.test_percent) == split
         ]
         # Uniform among targets with >= MIN_SOLUTIONS solutions: try random candidates
         # and drop the ones that fall short (equivalent to filtering them all first,

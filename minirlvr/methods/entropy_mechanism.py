@@ -1,7 +1,8 @@
 """The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models
 (Cui et al., 2025, arXiv 2505.22617). Code: PRIME-RL/Entropy-Mechanism-of-RL; in verl as `clip_cov` / `kl_cov`.
 
-Stages changed: loss (Clip-Cov, KL-Cov); plus analysis (per-step entropy diagnostics, entropy-reward law).
+Stages changed: loss (Clip-Cov, KL-Cov); plus analysis: probe "entropy_change" (per-step entropy diagnostics,
+`--probe entropy_change`) and the entropy-reward law.
 
 Symbols: z = logits at one position, pi = softmax(z), H = -sum_a pi_a log pi_a; per valid token j of a
 loss call (N valid tokens): l_j = log pi_theta(o_j) under the CURRENT policy, l_old_j at rollout time,
@@ -178,6 +179,13 @@ def entropy_change_diagnostics(policy, batch) -> dict[str, float]:
         old = batch.old_logits.to(new.logits)
         out["dH_first_order"] = float(masked_mean(entropy_change_first_order(old, new.logits - old), mask))
     return out
+
+
+@register("probe", "entropy_change", paper=PAPER)
+def entropy_change_probe(policy, batch, cfg, ctx) -> dict[str, float]:
+    """entropy_change_diagnostics as a probe: TrainConfig(probes=("entropy_change",)) or --probe entropy_change
+    (the deprecated TrainConfig.entropy_diagnostics / --diagnostics run it every step)."""
+    return entropy_change_diagnostics(policy, batch)
 
 
 def fit_entropy_law(H, R) -> dict[str, float]:

@@ -59,7 +59,7 @@ from typing import Literal
 
 import torch
 
-from ..baselines import PPOClipConfig, ppo_terms
+from ..baselines import PPOClipConfig, ppo_terms, reference_if_kl
 from ..core import masked_mean
 from ..registry import Recipe, check_range, register, register_recipe
 
@@ -124,7 +124,7 @@ class ForkingTokensConfig(PPOClipConfig):
         check_range(self, "rho", lo=0.0, hi=1.0, lo_open=True)
 
 
-@register("loss", "forking_tokens", config=ForkingTokensConfig, paper=PAPER)
+@register("loss", "forking_tokens", config=ForkingTokensConfig, paper=PAPER, needs=reference_if_kl)
 def forking_tokens_loss(out, batch, cfg: ForkingTokensConfig, ctx):
     """DAPO's loss on the selected (by default top-20% entropy) response tokens only."""
     gen = ctx.generator if ctx is not None else torch.Generator().manual_seed(cfg.seed)
