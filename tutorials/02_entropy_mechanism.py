@@ -105,7 +105,8 @@ print("recipe settings:", get_recipe("clip_cov").loss_cfg, get_recipe("kl_cov").
 # ## 3 · GRPO vs Clip-Cov vs KL-Cov on 2-digit addition
 #
 # Same base, same seeds, 16 prompts x 8 samples, 4 minibatches per rollout (KL-Cov's $|\log r|$
-# penalty is zero on the first, on-policy minibatch). `entropy_diagnostics=True` logs, for every
+# penalty is zero on the first, on-policy minibatch). The probe `entropy_change` (registered in
+# `entropy_mechanism.py`, switched on with `probes=("entropy_change",)`) logs, for every
 # step, the batch covariance of $(\log\pi_{old}, A)$, the measured entropy change on the tokens just
 # trained on, and its first-order value from the actual logit change.
 
@@ -117,7 +118,7 @@ from minirlvr.plots import plot_curves
 from minirlvr.trainer import TrainConfig
 
 STEPS, SEEDS, EVAL_EVERY = (4, 1, 2) if FAST else (300, 3, 25)
-cfg = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False, entropy_diagnostics=True)
+cfg = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False, probes=("entropy_change",))
 result = run_compare(["grpo", "clip_cov", "kl_cov"], SEEDS, cfg, out_dir="runs/tutorial02", leash_n=0)
 print(format_summary(result["summary"], cfg.eval_k))
 
