@@ -69,6 +69,12 @@ def answer_entropy_bits(answers: list, group_ids: torch.Tensor) -> torch.Tensor:
     return torch.tensor([max(0.0, H[g]) for g in gids], dtype=torch.float64)  # max(): no -0.0
 
 
+def consistency_coef(H: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """c_g = 1 - lambda_G H_g, lambda_G = (1 - 1/G) / log2 G: 1 if all G answers agree, 1/G if all differ."""
+    lam = torch.where(G > 1, (1 - 1 / G) / torch.log2(G.clamp(min=2)), torch.zeros_like(G))
+    return 1 - lam * H
+
+
 def global_advantage(rewards: torch.Tensor, group_ids: torch.Tensor, H: torch.Tensor, reward_coef: bool = False,
                      eps: float = 1e-6) -> torch.Tensor:
     """A^glob per row [B]: the z-score over prompts of R_g = mean_g(r) * c_g (c_g = 1 unless reward_coef)."""
@@ -78,9 +84,7 @@ def global_advantage(rewards: torch.Tensor, group_ids: torch.Tensor, H: torch.Te
                                                                       reduce="amin", include_self=False)
     R = mean_r[first]                                      # one value per prompt
     if reward_coef:
-        G = torch.bincount(inverse).double()
-        lam = torch.where(G > 1, (1 - 1 / G) / torch.log2(G.clamp(min=2)), torch.zeros_like(G))
-        R = R * (1 - lam * H.double()[first])
+        R = R * consistency_coef(H.double()[first], torch.bincount(inverse).double())
     mu, sd = group_mean_std(R, torch.zeros(len(R), dtype=torch.long))  # over the Q prompts (exact if all equal)
     return ((R - mu) / (sd + eps))[inverse]
 
