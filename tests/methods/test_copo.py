@@ -284,7 +284,7 @@ def test_extras_survive_minibatch_selection():
     out_mb = PolicyOutput(logp=out.logp.detach()[idx].clone().requires_grad_(True), entropy=out.entropy[idx],
                           logits=out.logits[idx])
     loss, _ = copo_loss(out_mb, mb, CopoLossConfig(), None)
-    assert float(loss) == pytest.approx(explicit_loss(mb, out_mb, "seq-mean-token-mean"), rel=1e-9)
+    assert float(loss.detach()) == pytest.approx(explicit_loss(mb, out_mb, "seq-mean-token-mean"), rel=1e-9)
 
 
 # ------------------------------------------------------------------ configs, registry, pipeline, training
