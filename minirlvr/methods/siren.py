@@ -3,7 +3,8 @@
 `efficient_top_p_sampling`, `mask_by_quantile`, the experiment_type == "siren" branch; ray_trainer.py,
 the step-1 anchor; exp_scripts/siren.sh, the defaults).
 
-Stage changed: loss (a regulariser added to the PPO-clip loss) + its once-per-step `prepare` (the anchor).
+Stage changed: loss (a regulariser added to the PPO-clip loss) + its once-per-step `prepare` (the anchor);
+plus a probe "siren_stats" that logs the same rollout statistics for any recipe (baselines included).
 Rollout and reward are plain; the advantage is Dr.GRPO (the script's norm_adv_by_std_in_grpo=False).
 
 Idea: a naive entropy bonus -lambda * mean H spreads mass over the whole vocabulary tail and over all
@@ -132,25 +133,40 @@ class SirenConfig(PPOClipConfig):
         check_range(self, "junk_demos", lo=1)
 
 
-def siren_prepare(batch, cfg: SirenConfig, ctx) -> None:
-    """Once per RL step, before any update: set H0 on the first call (never again) and log the
-    rollout's selective entropy, nucleus-empty fraction, masked fraction and junk mass."""
-    st = ctx.state.setdefault("siren", {})
+def rollout_stats(batch, cfg: SirenConfig, st: dict, task, policy=None) -> dict[str, float]:
+    """On a rollout batch (old policy; logits stored at sampling, else one no-grad forward): Hsel, the
+    nucleus-empty and masked fractions, the junk mass. Sets st["H0"] (and st["junk"]) on the first call only."""
     if "junk" not in st:
-        st["junk"] = junk_tokens(ctx.task, cfg.junk_demos)
+        st["junk"] = junk_tokens(task, cfg.junk_demos)
     with torch.no_grad():
-        z = batch.old_logits if batch.old_logits is not None else policy_forward(ctx.policy, batch).logits
+        z = batch.old_logits if batch.old_logits is not None else policy_forward(policy, batch).logits
         m = batch.response_mask
         hp, nucleus = topp_entropy(z, cfg.top_p, cfg.top_k)  # as the loss sees it
         M, _ = peak_mask(hp, m, cfg.mask_ratio)
         h_sel = float(selective_entropy(hp, M))
         junk = torch.softmax(z, -1)[..., st["junk"]].sum(-1)
     if "H0" not in st:
-        st["H0"], st["anchor_step"] = h_sel, int(ctx.step) + 1
-    ctx.log(**{"siren/H0": st["H0"], "siren/selective_entropy": h_sel,
-               "siren/nucleus_empty_frac": float(masked_mean((~nucleus.any(-1)).to(z.dtype), m)),
-               "siren/frac_masked": float(M.sum()) / max(int(m.bool().sum()), 1),
-               "siren/junk_mass": float(masked_mean(junk, m))})
+        st["H0"] = h_sel
+    return {"siren/H0": st["H0"], "siren/selective_entropy": h_sel,
+            "siren/nucleus_empty_frac": float(masked_mean((~nucleus.any(-1)).to(z.dtype), m)),
+            "siren/frac_masked": float(M.sum()) / max(int(m.bool().sum()), 1),
+            "siren/junk_mass": float(masked_mean(junk, m))}
+
+
+def siren_prepare(batch, cfg: SirenConfig, ctx) -> None:
+    """Once per RL step, before any update: set H0 on the first call (never again), log rollout_stats."""
+    st = ctx.state.setdefault("siren", {})
+    if "H0" not in st:
+        st["anchor_step"] = int(ctx.step) + 1
+    ctx.log(**rollout_stats(batch, cfg, st, ctx.task, ctx.policy))
+
+
+@register("probe", "siren_stats", paper=PAPER)
+def siren_stats_probe(policy, batch, cfg, ctx) -> dict[str, float]:
+    """rollout_stats for ANY recipe (probes=("siren_stats",)): the same curves for baselines; its H0 is
+    the first probed step's Hsel (after step 1 with probe_every=1: the anchor SIREN would use)."""
+    st = ctx.state.setdefault("siren_stats", {})
+    return rollout_stats(batch, SirenConfig(), st, ctx.task, policy)
 
 
 @register("loss", "siren", config=SirenConfig, paper=PAPER, needs=reference_if_kl, prepare=siren_prepare)

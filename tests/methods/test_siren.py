@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from minirlvr.baselines import PPOClipConfig, ppo_clip_loss
 from minirlvr.core import entropy_from_logits, logprobs_from_logits
 from minirlvr.methods.siren import (SirenConfig, junk_tokens, nucleus_mask, peak_mask, selective_entropy,
-                                    siren_loss, siren_prepare, topp_entropy)
+                                    siren_loss, siren_prepare, siren_stats_probe, topp_entropy)
 from minirlvr.registry import get_recipe, get_stage, make_config
 from minirlvr.rollout import PolicyOutput, RolloutBatch
 from minirlvr.tokenizer import EOS, VOCAB, VOCAB_SIZE, encode
@@ -263,7 +263,7 @@ def test_edge_cases_stay_finite(kind):
         if kind in ("peaked", "empty_mask"):                               # no selective entropy anywhere
             pg, _ = ppo_clip_loss(forward(logits, batch), batch, BASELINE, None)
             assert met["siren/selective_entropy_current"] == 0.0 and torch.equal(g, g0)
-            assert float(loss) == float(pg) + 0.5 * h0 ** 2                  # the baseline + a constant
+            assert float(loss.detach()) == float(pg.detach()) + 0.5 * h0 ** 2                  # the baseline + a constant
     ctx = SimpleNamespace(state={}, step=0, task=_task("addition"), policy=None, log=lambda **kw: logged.update(kw))
     logged = {}
     siren_prepare(batch, SirenConfig(), ctx)
@@ -306,6 +306,10 @@ def test_prepare_sets_the_anchor_once_and_logs_the_rollout_metrics():
         siren_prepare(b, cfg, ctx)
         assert ctx.state["siren"]["H0"] == want and logged["siren/H0"] == want        # never changes
         assert logged["siren/selective_entropy"] != want
+    # the probe (for baselines) computes the same numbers on the same batch, with its own anchor
+    probe_ctx = SimpleNamespace(state={}, task=ctx.task)
+    assert siren_stats_probe(None, b, None, probe_ctx) == {**logged, "siren/H0": logged["siren/selective_entropy"]}
+    assert siren_stats_probe(None, b1, None, probe_ctx)["siren/H0"] == logged["siren/selective_entropy"]
 
 
 @pytest.mark.parametrize("field,value", [("reg_coef", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0),
@@ -354,3 +358,14 @@ def test_state_survives_resume_exactly(tmp_path, tiny_ckpt):
     assert full["state"]["siren"]["anchor_step"] == 1
     for a, b in zip(full["policy"].parameters(), resumed["policy"].parameters()):
         assert torch.equal(a, b)
+
+
+def test_probe_gives_baselines_the_same_curves(tmp_path, tiny_ckpt):
+    from minirlvr.trainer import train
+    runs = {r: train(_small(tmp_path, tiny_ckpt, recipe=r, name=r, steps=2, probes=("siren_stats",)))["history"]
+            for r in ("siren_baseline", "siren")}
+    keys = ("siren/H0", "siren/selective_entropy", "siren/nucleus_empty_frac", "siren/frac_masked", "siren/junk_mass")
+    for hist in runs.values():
+        assert all(k in h and math.isfinite(h[k]) for h in hist for k in keys)
+        assert 0.0 <= hist[0]["siren/junk_mass"] <= 1.0 and hist[0]["siren/H0"] == hist[1]["siren/H0"]
+    assert all(runs["siren"][0][k] == runs["siren_baseline"][0][k] for k in keys)   # same step-1 rollout
