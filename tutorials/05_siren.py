@@ -95,8 +95,9 @@ logits = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2).requires_g
 ids = torch.randint(0, V, (B, T), generator=g)
 mask = (torch.rand(B, T, generator=g) < 0.8).long()
 logp = logprobs_from_logits(logits, ids)
+old_logp = (logp + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)).detach()   # a slightly stale policy
 batch = RolloutBatch(prompt_ids=torch.ones(B, 1, dtype=torch.long), prompt_mask=torch.ones(B, 1, dtype=torch.long),
-                     response_ids=ids, response_mask=mask, old_logp=(logp + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)).detach(),
+                     response_ids=ids, response_mask=mask, old_logp=old_logp,
                      old_entropy=entropy_from_logits(logits).detach(), group_ids=torch.arange(B), problems=[None] * B,
                      texts=[""] * B, truncated=torch.zeros(B, dtype=torch.bool),
                      advantages=torch.randn(B, 1, generator=g, dtype=torch.float64) * mask)

@@ -70,7 +70,8 @@ def make_case(mask, seed=0, V=6, scale=3.0, gap=0.3):
     old_logp = (logp.detach() + gap * torch.randn(B, T, generator=g, dtype=torch.float64))
     adv = torch.randn(B, generator=g, dtype=torch.float64)[:, None] * mask
     batch = RolloutBatch(prompt_ids=torch.ones(B, 2, dtype=torch.long), prompt_mask=torch.ones(B, 2, dtype=torch.long),
-                         response_ids=ids, response_mask=mask, old_logp=old_logp, old_entropy=entropy_from_logits(logits).detach(),
+                         response_ids=ids, response_mask=mask, old_logp=old_logp,
+                         old_entropy=entropy_from_logits(logits).detach(),
                          group_ids=torch.arange(B), problems=[None] * B, texts=[""] * B,
                          truncated=torch.zeros(B, dtype=torch.bool), old_logits=logits.detach().clone(),
                          advantages=adv, rewards=torch.zeros(B, dtype=torch.float64))
@@ -232,7 +233,8 @@ def test_loss_value_is_pg_plus_lambda_gap_squared():
     pg, _ = ppo_clip_loss(forward(logits, batch), batch, BASELINE, None)
     loss, met = siren_loss(forward(logits, batch), batch, SirenConfig(reg_coef=0.3), ctx_with(0.1))
     assert met["siren/selective_entropy_current"] > 0                       # flat logits: nuclei are non-empty
-    assert float(loss.detach()) == pytest.approx(float(pg.detach()) + 0.3 * (met["siren/selective_entropy_current"] - 0.1) ** 2, rel=1e-12)
+    gap = met["siren/selective_entropy_current"] - 0.1
+    assert float(loss.detach()) == pytest.approx(float(pg.detach()) + 0.3 * gap ** 2, rel=1e-12)
 
 
 def test_missing_anchor_is_an_error_unless_lambda_is_zero():
