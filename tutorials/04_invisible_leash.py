@@ -145,22 +145,25 @@ for k in (1, ks[len(ks) // 2], ks[-1]):
 # %% [markdown]
 # ## What we saw
 #
-# Full run: GRPO, 3 seeds x 300 steps on 2-digit addition (lr 1e-5), then 256 samples per problem at
-# T = 1 on 128 held-out problems for the base and for each trained policy (mean ± std over seeds; the
-# base has no spread: same policy, same sampling seed).
+# Full run: GRPO, 3 seeds x 300 steps on 2-digit addition in the shared regime (flat base, lr 1e-4),
+# then 256 samples per problem at T = 1 on 128 held-out problems for the base and for each trained
+# policy (mean ± std over seeds; the base has no spread: same policy, same sampling seed).
 #
 # * **Theory (exact).** The closed form of $dH/d\lambda$ matches the finite difference to 6 digits at
 #   $\lambda$ = 0, 1, 3, and the rewarded sequence the base cannot produce keeps probability exactly 0.
-# * **pass@k crosses over, as the paper reports.** GRPO is better at small budgets (pass@1 0.348 ± 0.004
-#   vs 0.301; pass@2 about +0.04) and worse from k = 8 on (pass@16 0.905 ± 0.015 vs 0.958); at k = 256
-#   both solve nearly everything (0.995 vs 1.000).
-# * **Support: mostly kept, a little lost, nothing new at large k.** At k = 1 RL solves problems the base
-#   missed (P/S/E = 27.3/6.7/16.7, NSCR +0.20): that is precision, not reach. From k = 8 to 128 the net
-#   change is negative (k = 16: P/S/E = 110.3/11.7/3.7, NSCR -0.06), and at k = 256 the RL policy found no
-#   problem the base could not (E = 0.0) and lost 0.7 on average (SRR 0.99). NSCR's normalisation is
-#   reconstructed (no official code): only its sign is comparable with the paper.
-# * **Entropy.** Answer entropy fell (1.615 -> 1.329 ± 0.014 nats) together with token entropy
-#   (0.455 -> 0.377 ± 0.004). The paper's observation that token entropy can *rise* while answer entropy
+# * **pass@k: no crossover in this regime.** GRPO is far better at small budgets (pass@1 0.783 ± 0.001
+#   vs 0.395) and the base catches up as k grows: pass@16 0.952 ± 0.016 vs 0.935, pass@256 0.987 ± 0.004
+#   vs 0.984. The curves meet from k = 32 on, but the RL curve never drops below the base's. (Round 1's
+#   regime, lr 1e-5 on a sharp base, did show the crossover: pass@16 0.905 vs 0.958.) The paper's
+#   claim that RL narrows reach is therefore **not reproduced** here; what holds is the weaker statement
+#   that RL adds little at large k.
+# * **Support: mostly kept, a little lost, a little found.** At k = 1 RL solves many problems the base
+#   missed (P/S/E = 39.3/8.7/63.3, NSCR +0.49): precision, not reach. At k = 16, 115.0/5.0/6.7 (NSCR
+#   +0.01); at k = 256, 124.7/1.3/1.7 (NSCR +0.003): RL lost 1.3 and found 1.7 problems on average,
+#   a wash. NSCR dips just below 0 at k = 64-128 (about -0.005). NSCR's normalisation is reconstructed (no
+#   official code): only its sign is comparable with the paper.
+# * **Entropy.** Answer entropy fell (1.356 -> 0.424 ± 0.032 nats) together with token entropy
+#   (0.390 -> 0.126 ± 0.009). The paper's observation that token entropy can *rise* while answer entropy
 #   falls does not appear here: under plain GRPO both fall. On addition each problem has a single correct
 #   answer, so the support is "solved or not"; a task with many correct answers (countdown, support
 #   = "completion") would be the next experiment.
