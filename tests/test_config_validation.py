@@ -14,7 +14,10 @@ from minirlvr import registry
 from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, OverlongConfig, PPOClipConfig,
                                 ReinforcePPConfig)
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
+from minirlvr.methods.bupo import BupoConfig
+from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
+from minirlvr.methods.siren import SirenConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
 
 INF = math.inf
@@ -23,7 +26,18 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("clip_ratio_c", 1.0, INF, True, False), ("max_len", 1, INF, False, False),
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
-RANGES = ([(PPOClipConfig, *r) for r in PPO_RANGES] + [(ForkingTokensConfig, *r) for r in PPO_RANGES] + [
+PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig)  # PPOClipConfig + own
+RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
+    (SirenConfig, "reg_coef", 0.0, INF, False, False),
+    (SirenConfig, "top_p", 0.0, 1.0, True, False),
+    (SirenConfig, "top_k", 1, INF, False, False),
+    (SirenConfig, "mask_ratio", 0.0, 1.0, False, False),
+    (SirenConfig, "junk_demos", 1, INF, False, False),
+    (CopoAdvantageConfig, "eps", 0.0, INF, True, False),
+    (CopoAdvantageConfig, "gamma", 0.0, INF, False, False),
+    (CopoAdvantageConfig, "rho", -INF, INF, False, False),
+    (BupoConfig, "layer", 1, INF, False, False),
+    (BupoConfig, "iterative_steps", 0, INF, False, False),
     (ForkingTokensConfig, "rho", 0.0, 1.0, True, False),
     (GRPOAdvantageConfig, "eps", 0.0, INF, True, False),
     (ReinforcePPConfig, "kl_coef", 0.0, INF, False, False),
