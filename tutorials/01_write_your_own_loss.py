@@ -134,8 +134,8 @@ from minirlvr.compare import format_summary, run_compare
 from minirlvr.trainer import TrainConfig
 
 STEPS, SEEDS, EVAL_EVERY = (4, 1, 2) if FAST else (300, 3, 25)
-base = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False)
-result = run_compare(["grpo", "damped"], SEEDS, base, out_dir="runs/tutorial01")
+base = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False, eval_problems=16 if FAST else 128)
+result = run_compare(["grpo", "damped"], SEEDS, base, out_dir="runs/tutorial01", leash_n=8 if FAST else 32)
 print(format_summary(result["summary"], base.eval_k))
 
 # %%

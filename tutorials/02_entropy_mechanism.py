@@ -118,7 +118,8 @@ from minirlvr.plots import plot_curves
 from minirlvr.trainer import TrainConfig
 
 STEPS, SEEDS, EVAL_EVERY = (4, 1, 2) if FAST else (300, 3, 25)
-cfg = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False, probes=("entropy_change",))
+cfg = TrainConfig(task="addition", steps=STEPS, eval_every=EVAL_EVERY, progress=False, probes=("entropy_change",),
+                  eval_problems=16 if FAST else 128)
 result = run_compare(["grpo", "clip_cov", "kl_cov"], SEEDS, cfg, out_dir="runs/tutorial02", leash_n=0)
 print(format_summary(result["summary"], cfg.eval_k))
 

@@ -61,7 +61,7 @@ torch.set_num_threads(1)  # the tiny model runs fastest on one thread (README, "
 task = get_task(TASK)
 base, meta = load_checkpoint(default_checkpoint(TASK))
 print("base skill:", meta["eval"])
-batch = sample(base, task.sample(64, np.random.default_rng(0), split="test"), 8, task.max_new_tokens,
+batch = sample(base, task.sample(16 if FAST else 64, np.random.default_rng(0), split="test"), 8, task.max_new_tokens,
                generator=torch.Generator().manual_seed(0))
 valid = batch.response_mask.bool()
 H = batch.old_entropy[valid].numpy()
@@ -102,7 +102,8 @@ from minirlvr.trainer import TrainConfig
 
 STEPS, SEEDS, EVAL_EVERY = (3, 1, 3) if FAST else (200, 3, 25)
 recipes = ["dapo", "forking_tokens", "forking_tokens_bottom80", "forking_tokens_random20"]
-cfg = TrainConfig(task=TASK, steps=STEPS, eval_every=EVAL_EVERY, eval_problems=64 if FAST else 128, progress=False)
+cfg = TrainConfig(task=TASK, steps=STEPS, eval_every=EVAL_EVERY, eval_problems=16 if FAST else 128, progress=False,
+                  prompts_per_step=4 if FAST else None)
 result = run_compare(recipes, SEEDS, cfg, out_dir="runs/tutorial03", leash_n=0)
 print(format_summary(result["summary"], cfg.eval_k))
 
