@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -57,11 +57,13 @@ class SFTConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
+    probes: tuple[str, ...] = ()  # registered probes (as in RL), run on a fresh rollout every probe_every steps
+    probe_every: int = 100
 
     def __post_init__(self):
         if not 0 < self.target_greedy <= 1:
             raise ValueError(f"SFTConfig.target_greedy must be in (0, 1], got {self.target_greedy}")
-        for k in ("max_steps", "select_every", "select_problems", "batch_size"):
+        for k in ("max_steps", "select_every", "select_problems", "batch_size", "probe_every"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ValueError(f"SFTConfig.{k} must be a positive integer, got {getattr(self, k)!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
@@ -108,6 +110,32 @@ def evaluate(model, task, n_problems: int = 200, group_size: int = 8, seed: int 
     return {"pass@1": ev["pass@1"], f"pass@{group_size}": ev[f"pass@{group_size}"], "greedy_acc": ev["greedy_acc"]}
 
 
+@dataclass
+class SFTProbeContext:
+    """What a probe sees as `ctx` under SFT: the task, the step, and a per-probe state dict."""
+    task: object
+    step: int = 0
+    state: dict = field(default_factory=dict)
+
+    def log(self, **metrics) -> None:  # probes return their metrics; nothing else is logged under SFT
+        pass
+
+
+def run_probes(model, task, names: tuple[str, ...], ctx: SFTProbeContext, seed: int) -> dict[str, float]:
+    """Each probe on a fresh rollout of `model` (16 training problems x 4 samples at T = 1)."""
+    from . import registry
+    from .rollout import sample
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    batch = sample(model, task.sample(16, np.random.default_rng(seed), split="train"), 4, task.max_new_tokens,
+                   generator=gen)
+    out = {}
+    for name in names:
+        entry = registry.get_stage("probe", name)
+        ctx.state.setdefault(name, {})
+        out.update(entry.fn(model, batch, registry.make_config(entry.config, {}, f"probe {name!r}"), ctx))
+    return {k: float(v) for k, v in out.items()}
+
+
 @torch.no_grad()
 def greedy_accuracy(model, task, problems) -> float:
     from .rollout import sample
@@ -133,6 +161,10 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
         from tqdm import tqdm
         bar = tqdm(total=total, desc=f"pretrain {cfg.task}", leave=False)
     step, greedy = 0, 0.0
+    probe_ctx, probe_log = SFTProbeContext(task), []
+    for name in cfg.probes:  # unknown names fail before training, listing the known probes
+        from . import registry
+        registry.get_stage("probe", name)
     while step < total:
         model.train()
         problems = task.sample(cfg.batch_size, rng, split="train", difficulty=cfg.difficulty)
@@ -147,6 +179,9 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", greedy=f"{greedy:.2f}")
+        if cfg.probes and step % cfg.probe_every == 0:
+            probe_ctx.step = step
+            probe_log.append({"step": step, **run_probes(model.eval(), task, cfg.probes, probe_ctx, cfg.seed + step)})
         if cfg.steps is None and step % cfg.select_every == 0:
             greedy = greedy_accuracy(model.eval(), task, select)
             if greedy >= cfg.target_greedy:
@@ -162,6 +197,8 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     train_skill = evaluate(model, task, split="train")
     metrics.update({f"train_{k}": v for k, v in train_skill.items()})
     metrics.update(step_sensitivity(model, task))
+    if probe_log:
+        metrics["probes"] = probe_log
     metrics.update(steps=step, final_sft_loss=float(loss.detach()), seconds=round(time.time() - t0, 1),
                    threads=torch.get_num_threads())
     if out_path:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from minirlvr import registry
 from minirlvr.metrics import step_sensitivity
 from minirlvr.model import load_checkpoint
 from minirlvr.sft import BASE_RECIPES, SFTConfig, default_checkpoint, evaluate, make_sft_batch, pretrain
@@ -74,3 +75,25 @@ def test_shipped_base_is_of_intermediate_skill_and_flat(name):
     sens = step_sensitivity(model, get_task(name))
     assert sens["step_kl"] < MAX_STEP_KL and sens["grad_norm"] < MAX_GRAD_NORM, sens
     assert abs(sens["step_kl"] - ev["step_kl"]) < 0.05 + 0.2 * ev["step_kl"]
+
+
+_probe_calls = []
+
+
+@registry.register("probe", "_test_sft_probe", paper="test only")
+def _sft_probe(policy, batch, cfg, ctx):
+    _probe_calls.append((ctx.step, batch.size, policy.training))
+    ctx.state["_test_sft_probe"]["n"] = ctx.state["_test_sft_probe"].get("n", 0) + 1
+    return {"probe/rows": batch.size, "probe/calls": ctx.state["_test_sft_probe"]["n"]}
+
+
+def test_probes_run_under_sft_every_n_steps():
+    _probe_calls.clear()
+    cfg = SFTConfig(task="addition", steps=5, batch_size=8, d_model=32, n_layers=2, n_heads=2,
+                    probes=("_test_sft_probe",), probe_every=2)
+    _, m = pretrain(cfg, progress=False)
+    assert [c[0] for c in _probe_calls] == [2, 4] and all(rows == 64 and not training for _, rows, training in _probe_calls)
+    assert m["probes"] == [{"step": 2, "probe/rows": 64.0, "probe/calls": 1.0}, {"step": 4, "probe/rows": 64.0, "probe/calls": 2.0}]
+    with pytest.raises(ValueError, match="known"):
+        pretrain(SFTConfig(task="addition", steps=1, batch_size=8, d_model=32, n_layers=2, n_heads=2, probes=("nope",)),
+                 progress=False)
