@@ -10,6 +10,9 @@ Conventions
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +38,17 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """
     probs, logp = _probs_and_safe_logp(logits)
     return -(probs * logp).sum(-1)
+
+
+def empirical_entropy(samples: list, bits: bool = False) -> float:
+    """Shannon entropy of the empirical distribution of `samples` (any hashables, e.g. final answers):
+    -sum_a phat(a) log phat(a), phat(a) = #{a} / n; natural log, or log2 with bits=True. >= 0 (no -0.0).
+    Used for answer entropy (invisible_leash: per problem, nats; copo: per group, bits)."""
+    n = len(samples)
+    if n == 0:
+        raise ValueError("empirical_entropy needs at least one sample")
+    log = math.log2 if bits else math.log
+    return max(0.0, -sum(c / n * log(c / n) for c in Counter(samples).values()))  # max(0.0, .): no -0.0
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -596,3 +596,13 @@ def test_dual_clip_constant_must_exceed_one():
     for c in (1.0, 0.5, -3.0):
         with pytest.raises(ValueError, match="> 1"):
             ppo_clip_per_token(torch.zeros(3), torch.zeros(3), -torch.ones(3), clip_ratio_c=c)
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=30))
+def test_empirical_entropy_matches_numpy(samples):
+    import numpy as np
+    from minirlvr.core import empirical_entropy
+    p = np.unique(samples, return_counts=True)[1] / len(samples)
+    assert empirical_entropy(samples) == pytest.approx(float(-(p * np.log(p)).sum()), abs=1e-12)
+    assert empirical_entropy(samples, bits=True) == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-12)
+    assert empirical_entropy(samples) >= 0 and str(empirical_entropy([7, 7])) == "0.0"

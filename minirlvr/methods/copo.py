@@ -43,15 +43,13 @@ the global term pushes up every response of an above-average prompt, wrong ones 
 """
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 from ..baselines import PPOClipConfig, broadcast, ppo_terms, reference_if_kl
-from ..core import group_advantages, group_mean_std
+from ..core import empirical_entropy, group_advantages, group_mean_std
 from ..registry import Recipe, check_range, register, register_recipe
 
 PAPER = "COPO: Consistency-Aware Policy Optimization, 2025, arXiv 2508.04138"
@@ -65,8 +63,8 @@ def answer_entropy_bits(answers: list, group_ids: torch.Tensor) -> torch.Tensor:
     groups: dict = {}
     for g, a in zip(gids, answers):
         groups.setdefault(g, []).append("" if a is None else a)
-    H = {g: -sum(c / len(v) * math.log2(c / len(v)) for c in Counter(v).values()) for g, v in groups.items()}
-    return torch.tensor([max(0.0, H[g]) for g in gids], dtype=torch.float64)  # max(): no -0.0
+    H = {g: empirical_entropy(v, bits=True) for g, v in groups.items()}
+    return torch.tensor([H[g] for g in gids], dtype=torch.float64)
 
 
 def consistency_coef(H: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

@@ -40,14 +40,13 @@ Tilt family (the KL-regularised optimum, beta = 1/lam), on a finite set of seque
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 from math import log
 
 import numpy as np
 import torch
 
-from ..core import masked_sum, policy_covariance
+from ..core import empirical_entropy, masked_sum, policy_covariance
 from ..metrics import pass_at_k
 from ..rollout import sample
 
@@ -107,11 +106,9 @@ def support_counts(base_sets, rl_sets) -> SupportCounts:
 def answer_entropy(answers: list) -> float:
     """-sum_a phat(a) ln phat(a) over the empirical distribution of `answers` (None is a class),
     natural log; clamped to [0, ln n] against rounding."""
-    n = len(answers)
-    if n == 0:
+    if not answers:
         raise ValueError("answer_entropy needs at least one answer")
-    h = -sum(c / n * log(c / n) for c in Counter(answers).values())
-    return min(max(h, 0.0), log(n))
+    return min(empirical_entropy(answers), log(len(answers)))
 
 
 @torch.no_grad()
