@@ -60,6 +60,17 @@ class KVCache:
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens seen per row
         self.length = 0
 
+    def index_select(self, rows: torch.Tensor) -> "KVCache":
+        """A new cache whose row i is this cache's row rows[i] (differentiable). Used to compute a prompt
+        once and continue it in several rows (the G samples of a group). Positions not yet written are
+        copied as they are: they are never read before being written."""
+        out = object.__new__(KVCache)
+        out.k = [k.index_select(0, rows) for k in self.k]
+        out.v = [v.index_select(0, rows) for v in self.v]
+        out.key_mask, out.n_real = self.key_mask.index_select(0, rows), self.n_real.index_select(0, rows)
+        out.length = self.length
+        return out
+
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):

@@ -172,15 +172,20 @@ def sample(model, problems: Sequence, group_size: int, max_new_tokens: int, temp
     model.eval()
     device = next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
-    prompt_ids, prompt_mask = pad_left([encode(p.prompt, bos=True) for p in rows])
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    B, P = prompt_ids.shape
+    unique_ids, unique_mask = pad_left([encode(p.prompt, bos=True) for p in problems])
+    unique_ids, unique_mask = unique_ids.to(device), unique_mask.to(device)
+    P = unique_ids.shape[1]
     max_new_tokens = min(max_new_tokens, model.cfg.context - P)
     if max_new_tokens < 1:
         raise ValueError(f"prompts of {P} tokens leave no room in the model context of {model.cfg.context}")
 
-    cache = model.new_cache(B, P + max_new_tokens)
-    logits = model(prompt_ids, prompt_mask, cache=cache)[:, -1]
+    # each prompt once, then its keys/values copied to its G rows (the same numbers as G prefills, 1/G the work)
+    row_of = torch.arange(len(problems), device=device).repeat_interleave(group_size)
+    cache = model.new_cache(len(problems), P + max_new_tokens)
+    logits = model(unique_ids, unique_mask, cache=cache)[:, -1].index_select(0, row_of)
+    cache = cache.index_select(row_of)
+    prompt_ids, prompt_mask = unique_ids.index_select(0, row_of), unique_mask.index_select(0, row_of)
+    B = prompt_ids.shape[0]
     tokens, logps, ents, zs = [], [], [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):

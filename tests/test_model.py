@@ -261,3 +261,25 @@ def test_a_short_cache_gives_the_same_logits_and_refuses_overflow():
         MODEL(ids[:, :1], cache=cache)
     with pytest.raises(ValueError, match="cache length"):
         MODEL.new_cache(1, MODEL.cfg.context + 1)
+
+
+def test_cache_index_select_continues_each_row_like_its_own_prefill():
+    # a prompt computed once and copied to several rows (the sampler's shared prefill) must give every
+    # copy the logits it would have had from its own prefill, with different continuations per row
+    torch.manual_seed(1)
+    prompts = torch.randint(3, 20, (2, 5))
+    mask = torch.ones_like(prompts)
+    mask[1, :2] = 0                                   # a left-padded prompt
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    nxt = torch.randint(3, 20, (5, 2))
+    shared = MODEL.new_cache(2, 7)
+    MODEL(prompts, mask, cache=shared)
+    shared = shared.index_select(rows)
+    own = MODEL.new_cache(5, 7)
+    MODEL(prompts[rows], mask[rows], cache=own)
+    for t in range(2):
+        a = MODEL(nxt[:, t:t + 1], torch.ones_like(nxt[:, t:t + 1]), cache=shared)
+        b = MODEL(nxt[:, t:t + 1], torch.ones_like(nxt[:, t:t + 1]), cache=own)
+        assert torch.allclose(a, b, atol=1e-6)
+    full = MODEL(torch.cat([prompts[rows], nxt], 1), torch.cat([mask[rows], torch.ones_like(nxt)], 1))
+    assert torch.allclose(a[:, -1], full[:, -1], atol=1e-5)
