@@ -221,7 +221,11 @@ def ppo_terms(out, batch, cfg: PPOClipConfig, token_weight: torch.Tensor | None 
     if token_weight is not None:  # where(): a zero weight must silence even an inf term
         pg_mat = torch.where(token_weight != 0, pg_mat * token_weight, torch.zeros_like(pg_mat))
     loss = aggregate(pg_mat, mask if pg_mask is None else pg_mask, cfg.agg, cfg.max_len)
+    adv = batch.advantages
     metrics = {"pg_loss": float(loss.detach()), "clipfrac": float(masked_mean(clipped.float(), mask)),
+               # which bound binds: the upper one silences A > 0 tokens, the lower one A < 0 tokens
+               "clipfrac_high": float(masked_mean(((adv > 0) & (ratio > 1 + cfg.clip_high)).float(), mask)),
+               "clipfrac_low": float(masked_mean(((adv < 0) & (ratio < 1 - cfg.clip_low)).float(), mask)),
                "ratio_mean": float(masked_mean(ratio.detach(), mask)),
                "ppo_kl": float(masked_mean((batch.old_logp - out.logp).detach(), mask))}
     if cfg.kl_coef:

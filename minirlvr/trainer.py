@@ -39,7 +39,7 @@ from .rollout import RolloutBatch, policy_forward
 from .core import group_mean_std, kl_estimate, masked_mean
 
 
-LAST_MINIBATCH_KEYS = ("clipfrac", "ratio_mean", "ppo_kl")  # also logged for the last minibatch alone
+LAST_MINIBATCH_KEYS = ("clipfrac", "clipfrac_high", "clipfrac_low", "ratio_mean", "ppo_kl")  # also logged for the last minibatch alone
 
 # The settings a recipe may fix (Recipe.train_cfg), with the library defaults. In TrainConfig they default to
 # None: "the recipe's value, else the default here"; an explicit value always wins (resolve_config).

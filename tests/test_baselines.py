@@ -312,3 +312,18 @@ def test_overlong_reward_formula():
     r = overlong_reward(b, OverlongConfig(), ctx)
     assert r[3].item() == pytest.approx(0.0 - 0.25) and r[5].item() == pytest.approx(0.0 - 0.75)
     assert r[6].item() == pytest.approx(1.0 - 1.0) and r[7].item() == pytest.approx(0.0 - 1.0)
+
+
+@given(batch=batches(), seed=st.integers(0, 10 ** 6), eps=st.tuples(st.floats(0.05, 0.5), st.floats(0.05, 0.5)))
+def test_clipfrac_splits_into_the_upper_and_the_lower_bound(batch, seed, eps):
+    # without the dual clip every clipped token is clipped by exactly one bound: A > 0 above 1 + eps_h
+    # (upper) or A < 0 below 1 - eps_l (lower), so the two fractions add up to clipfrac
+    batch.advantages = grpo_advantage(batch, GRPOAdvantageConfig(), None).double()
+    g = torch.Generator().manual_seed(seed)
+    logp = batch.old_logp + torch.randn(batch.old_logp.shape, generator=g, dtype=torch.float64) * batch.response_mask
+    cfg = PPOClipConfig(clip_low=eps[0], clip_high=eps[1])
+    _, m = ppo_clip_loss(policy_output(batch, logp), batch, cfg, SimpleNamespace())
+    assert m["clipfrac_high"] + m["clipfrac_low"] == pytest.approx(m["clipfrac"], abs=1e-6)  # float32 means
+    ratio, adv, mask = (logp - batch.old_logp).exp(), batch.advantages, batch.response_mask.bool()
+    if mask.any():
+        assert m["clipfrac_high"] == pytest.approx(((adv > 0) & (ratio > 1 + eps[1]))[mask].double().mean().item())
