@@ -93,6 +93,8 @@ def _add_train_args(p: argparse.ArgumentParser, steps_default: int | None) -> No
     p.add_argument("--probe-every", type=_positive_int, default=d["probe_every"], help="run the probes every N steps")
     p.add_argument("--diagnostics", action="store_true",
                    help="deprecated: = --probe entropy_change (measured vs predicted entropy change every step)")
+    p.add_argument("--reuse", action="store_true",
+                   help="load a run folder that already holds a finished run of exactly this configuration")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -107,7 +109,7 @@ def _train_config(a):
                        problem_pool=a.problem_pool, eval_every=a.eval_every, threads=a.threads,
                        eval_problems=a.eval_problems, eval_k=a.eval_k, eval_difficulty=a.eval_difficulty,
                        device=a.device, init=a.init, out_dir=a.out, name=getattr(a, "name", None),
-                       resume=getattr(a, "resume", False), probes=tuple(a.probe), probe_every=a.probe_every,
+                       resume=getattr(a, "resume", False), reuse=a.reuse, probes=tuple(a.probe), probe_every=a.probe_every,
                        entropy_diagnostics=a.diagnostics, progress=not a.no_progress)
 
 

@@ -102,6 +102,7 @@ class TrainConfig:
     name: str | None = None         # run folder name (default <recipe>_<task>_s<seed>)
     save_every: int = 50
     resume: bool = False
+    reuse: bool = False             # a finished run of this exact configuration in the run folder is loaded, not rerun
     probes: tuple[str, ...] = ()    # registered probes (analysis per step, registry kind "probe")
     probe_every: int = 1            # run the probes after every probe_every-th step
     entropy_diagnostics: bool = False  # deprecated: = probes=("entropy_change",) every step
@@ -379,6 +380,35 @@ def _checked_state(state: dict) -> dict:
     return state
 
 
+# TrainConfig fields that do not change a run's numbers: ignored when deciding whether a finished run is reusable
+_NOT_RESULTS = ("out_dir", "name", "save_every", "resume", "reuse", "progress")
+
+
+def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None:
+    """The history, final policy and stage state of the run in run_dir if it finished all `steps` with the
+    configuration `record` (what config.json holds; fields in _NOT_RESULTS aside), else None. Reuse trusts the
+    folder: it cannot tell that the code changed since the run (delete the folder then)."""
+    paths = [os.path.join(run_dir, f) for f in ("config.json", "metrics.jsonl", "policy.pt", "trainer_state.pt")]
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in _NOT_RESULTS}}  # noqa: E731
+    try:
+        with open(paths[0]) as f:
+            saved = json.load(f)
+        with open(paths[1]) as f:
+            history = [json.loads(line) for line in f]
+        same = strip(saved) == strip(json.loads(json.dumps(record, default=str)))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not same or not history or history[-1].get("step") != steps:
+        return None
+    st = torch.load(paths[3], weights_only=True, map_location="cpu")
+    if int(st.get("step", -1)) != steps:
+        return None
+    policy, _ = load_checkpoint(paths[2], device)
+    return {"history": history, "policy": policy, "state": st.get("state", {})}
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run RL; returns {"history": [per-step dicts], "run_dir": str, "policy": GPT, "state": ctx.state,
     "config": the resolved TrainConfig}.
@@ -425,6 +455,15 @@ def _train(cfg: TrainConfig) -> dict:
     problems = ProblemSource(task, rng, cfg.train_split, cfg.difficulty, cfg.problem_pool)  # a pool: drawn here
     state = {e.name: {} for e in pipe.entries()}
 
+    record = {"train": asdict(cfg), "train_sources": sources,
+              "stages": {s: getattr(pipe, s).name for s in registry.STAGES},
+              "needs": {k: v for k, v in sorted(pipe.needs.items())},
+              "stage_configs": {s: asdict(c) if c is not None else None for s, c in pipe.configs.items()}}
+    if cfg.reuse and not cfg.resume:
+        done = _finished_run(run_dir, record, cfg.steps, device)
+        if done is not None:
+            return {**done, "run_dir": run_dir, "config": cfg}
+
     history, start = [], 0
     if cfg.resume:
         if not os.path.isfile(state_path):
@@ -443,11 +482,7 @@ def _train(cfg: TrainConfig) -> dict:
             history = [h for h in map(json.loads, f) if h["step"] <= start]
     else:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump({"train": asdict(cfg), "train_sources": sources,
-                       "stages": {s: getattr(pipe, s).name for s in registry.STAGES},
-                       "needs": {k: v for k, v in sorted(pipe.needs.items())},
-                       "stage_configs": {s: asdict(c) if c is not None else None for s, c in pipe.configs.items()}},
-                      f, indent=1, default=str)
+            json.dump(record, f, indent=1, default=str)
 
     def score(b: RolloutBatch) -> torch.Tensor:
         return pipe.reward.fn(b, pipe.configs["reward"], ctx).float()

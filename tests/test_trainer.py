@@ -361,6 +361,21 @@ def _counting_reward(batch, cfg, ctx):
     return torch.tensor([float(t.startswith("1")) for t in batch.texts])
 
 
+def test_reuse_loads_a_finished_run_of_the_same_configuration_and_reruns_otherwise(tmp_path, tiny_ckpt):
+    first = train(small(tmp_path, tiny_ckpt, name="r"))
+    metrics = os.path.join(first["run_dir"], "metrics.jsonl")
+    stamp = os.stat(metrics).st_mtime_ns
+    again = train(small(tmp_path, tiny_ckpt, name="r", reuse=True, progress=True, save_every=7))  # no-result fields
+    assert again["history"] == json.loads(json.dumps(first["history"])) and os.stat(metrics).st_mtime_ns == stamp
+    assert all(torch.equal(a, b) for a, b in zip(again["policy"].state_dict().values(),
+                                                 first["policy"].state_dict().values()))
+    # another setting, more steps than were run, or no reuse: trained again
+    for kw in (dict(lr=3e-4), dict(steps=4), dict(reuse=False)):
+        stamp = os.stat(metrics).st_mtime_ns
+        train(small(tmp_path, tiny_ckpt, name="r", **{"reuse": True, **kw}))
+        assert os.stat(metrics).st_mtime_ns != stamp, kw
+
+
 def test_state_survives_resume_exactly(tmp_path, tiny_ckpt):
     kw = dict(reward="_test_counting", eval_every=0, overrides=MOVING, lr=1e-3)
     full = train(small(tmp_path / "full", tiny_ckpt, steps=4, name="r", **kw))
