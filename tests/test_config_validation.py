@@ -18,6 +18,7 @@ from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.siren import SirenConfig
+from minirlvr.methods.steer import SteerConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
 
 INF = math.inf
@@ -26,7 +27,8 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("clip_ratio_c", 1.0, INF, True, False), ("max_len", 1, INF, False, False),
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
-PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig)  # PPOClipConfig + own
+PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
+               SteerConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -39,6 +41,8 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (BupoConfig, "layer", 1, INF, False, False),
     (BupoConfig, "iterative_steps", 0, INF, False, False),
     (ForkingTokensConfig, "rho", 0.0, 1.0, True, False),
+    (SteerConfig, "lambda_min", 0.0, 1.0, True, False),   # the weights bracket 1: lambda_min <= 1 <= lambda_max
+    (SteerConfig, "lambda_max", 1.0, INF, False, False),
     (GRPOAdvantageConfig, "eps", 0.0, INF, True, False),
     (ReinforcePPConfig, "kl_coef", 0.0, INF, False, False),
     (ReinforcePPConfig, "eps", 0.0, INF, True, False),
