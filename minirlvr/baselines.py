@@ -251,6 +251,12 @@ def ppo_clip_loss(out, batch, cfg: PPOClipConfig, ctx):
 
 # ------------------------------------------------------------------ recipes
 
+# The stale regime of the papers that act through clipping (STEER, BAPO, AEPO, ...): 2 epochs x 4 minibatches
+# = 8 optimizer steps per rollout, so ratios leave 1. DAPO's loss without its rollout/reward changes is their
+# like-for-like baseline.
+STALE = {"minibatches": 4, "ppo_epochs": 2}
+DAPO_PPO = {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 10.0, "agg": "token-mean"}
+
 register_recipe(Recipe("grpo", paper="Shao et al. 2024, arXiv 2402.03300", advantage="grpo",
                        loss_cfg={"agg": "seq-mean-token-mean"}))
 register_recipe(Recipe("dr_grpo", paper="Liu et al. 2025, arXiv 2503.20783", advantage="dr_grpo",
@@ -261,3 +267,5 @@ register_recipe(Recipe("rloo", paper="Ahmadian et al. 2024, arXiv 2402.14740", a
                        loss_cfg={"agg": "seq-mean-token-mean"}))
 register_recipe(Recipe("reinforce_pp", paper="Hu 2025, arXiv 2501.03262", advantage="reinforce_pp",
                        loss_cfg={"agg": "token-mean"}))
+register_recipe(Recipe("dapo_stale", paper=DAPO + " -- its loss only (0.2 / 0.28, c 10, token-mean), plain rollout, "
+                       "stale regime (baselines.STALE)", loss_cfg=dict(DAPO_PPO), train_cfg=dict(STALE)))

@@ -391,7 +391,9 @@ def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None
     paths = [os.path.join(run_dir, f) for f in ("config.json", "metrics.jsonl", "policy.pt", "trainer_state.pt")]
     if not all(os.path.isfile(p) for p in paths):
         return None
-    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in _NOT_RESULTS}}  # noqa: E731
+    # where a setting came from (explicit / recipe / default) does not matter, only its resolved value
+    strip = lambda r: {**{k: v for k, v in r.items() if k != "train_sources"},  # noqa: E731
+                       "train": {k: v for k, v in r["train"].items() if k not in _NOT_RESULTS}}
     try:
         with open(paths[0]) as f:
             saved = json.load(f)

@@ -60,7 +60,7 @@ from typing import Literal
 
 import torch
 
-from ..baselines import DAPO, PPOClipConfig, ppo_terms, reference_if_kl
+from ..baselines import DAPO, DAPO_PPO, STALE, PPOClipConfig, ppo_terms, reference_if_kl
 from ..core import masked_mean
 from ..registry import Recipe, check_range, register, register_recipe
 
@@ -152,21 +152,16 @@ def steer_loss(out, batch, cfg: SteerConfig, ctx):
 
 # Recipes: all in the WP2 stale regime (2 epochs x 4 minibatches = 8 optimizer steps per rollout), plain
 # rollout, verifier reward, GRPO advantage, so each STEER run differs from its baseline in the weights only.
-_STALE = {"minibatches": 4, "ppo_epochs": 2}
-_DAPO_PPO = {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 10.0, "agg": "token-mean"}
-_EXTREME_PPO = {**_DAPO_PPO, "clip_low": 0.99, "clip_high": 5.0}  # run_*_extreme.sh: clipping nearly off
+_EXTREME_PPO = {**DAPO_PPO, "clip_low": 0.99, "clip_high": 5.0}  # run_*_extreme.sh: clipping nearly off
 register_recipe(Recipe("steer", paper=PAPER + " (linear 0.8 / 1.2; baseline: dapo_stale)", loss="steer",
-                       loss_cfg={**_DAPO_PPO, "mode": "linear", "lambda_min": 0.8, "lambda_max": 1.2},
-                       train_cfg=dict(_STALE)))
+                       loss_cfg={**DAPO_PPO, "mode": "linear", "lambda_min": 0.8, "lambda_max": 1.2},
+                       train_cfg=dict(STALE)))
 register_recipe(Recipe("steer_exp", paper=PAPER + " (exp, lambda_min 0.8; baseline: dapo_stale)", loss="steer",
-                       loss_cfg={**_DAPO_PPO, "mode": "exp", "lambda_min": 0.8, "lambda_max": 1.0},
-                       train_cfg=dict(_STALE)))
+                       loss_cfg={**DAPO_PPO, "mode": "exp", "lambda_min": 0.8, "lambda_max": 1.0},
+                       train_cfg=dict(STALE)))
 register_recipe(Recipe("steer_extreme", paper=PAPER + " (linear, eps 0.99 / 5; baseline: dapo_extreme)",
                        loss="steer", loss_cfg={**_EXTREME_PPO, "mode": "linear", "lambda_min": 0.8, "lambda_max": 1.2},
-                       train_cfg=dict(_STALE)))
-register_recipe(Recipe("dapo_stale", loss="ppo_clip", loss_cfg=dict(_DAPO_PPO), train_cfg=dict(_STALE),
-                       paper=DAPO + " -- its loss only (0.2 / 0.28, c 10, token-mean), plain rollout, "
-                       "stale regime: the baseline of steer / steer_exp"))
-register_recipe(Recipe("dapo_extreme", loss="ppo_clip", loss_cfg=dict(_EXTREME_PPO), train_cfg=dict(_STALE),
+                       train_cfg=dict(STALE)))
+register_recipe(Recipe("dapo_extreme", loss="ppo_clip", loss_cfg=dict(_EXTREME_PPO), train_cfg=dict(STALE),
                        paper=DAPO + " -- its loss at STEER's extreme eps 0.99 / 5 (c 10, token-mean), plain "
                        "rollout, stale regime: the baseline of steer_extreme"))
