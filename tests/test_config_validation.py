@@ -17,6 +17,7 @@ from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
+from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
 
@@ -26,7 +27,7 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("clip_ratio_c", 1.0, INF, True, False), ("max_len", 1, INF, False, False),
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
-PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig)  # PPOClipConfig + own
+PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig, LpRegConfig)  # PPOClipConfig + own
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -39,6 +40,12 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (BupoConfig, "layer", 1, INF, False, False),
     (BupoConfig, "iterative_steps", 0, INF, False, False),
     (ForkingTokensConfig, "rho", 0.0, 1.0, True, False),
+    (LpRegConfig, "kappa", 0.0, 1.0, False, False),
+    (LpRegConfig, "rho", 0.0, 1.0, False, False),
+    (LpRegConfig, "beta", 0.0, INF, False, False),
+    (LpRegConfig, "min_selected", 1, INF, False, False),
+    (ProxyMassConfig, "kappa", 0.0, 1.0, False, False),
+    (ProxyMassConfig, "spark_max", 0.0, 1.0, False, False),
     (GRPOAdvantageConfig, "eps", 0.0, INF, True, False),
     (ReinforcePPConfig, "kl_coef", 0.0, INF, False, False),
     (ReinforcePPConfig, "eps", 0.0, INF, True, False),
