@@ -17,6 +17,7 @@ from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
+from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
@@ -28,7 +29,7 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
 PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
-               SteerConfig)
+               SteerConfig, LpRegConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -43,6 +44,12 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (ForkingTokensConfig, "rho", 0.0, 1.0, True, False),
     (SteerConfig, "lambda_min", 0.0, 1.0, True, False),   # the weights bracket 1: lambda_min <= 1 <= lambda_max
     (SteerConfig, "lambda_max", 1.0, INF, False, False),
+    (LpRegConfig, "kappa", 0.0, 1.0, False, False),
+    (LpRegConfig, "rho", 0.0, 1.0, False, False),
+    (LpRegConfig, "beta", 0.0, INF, False, False),
+    (LpRegConfig, "min_selected", 1, INF, False, False),
+    (ProxyMassConfig, "kappa", 0.0, 1.0, False, False),
+    (ProxyMassConfig, "spark_max", 0.0, 1.0, False, False),
     (GRPOAdvantageConfig, "eps", 0.0, INF, True, False),
     (ReinforcePPConfig, "kl_coef", 0.0, INF, False, False),
     (ReinforcePPConfig, "eps", 0.0, INF, True, False),
