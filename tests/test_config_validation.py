@@ -15,6 +15,7 @@ from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, Over
                                 ReinforcePPConfig)
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
+from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
@@ -61,6 +62,8 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (ClipCovConfig, "clip_high", 0.0, INF, False, False),
     (KLCovConfig, "kl_ratio", 0.0, 1.0, False, False),
     (KLCovConfig, "ppo_kl_coef", 0.0, INF, False, False),
+    (RandomRewardConfig, "p", 0.0, 1.0, False, False),
+    (RandomRewardConfig, "mix", 0.0, 1.0, False, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
