@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from minirlvr import registry
 from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, OverlongConfig, PPOClipConfig,
                                 ReinforcePPConfig)
+from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
@@ -50,6 +51,15 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (ClipCovConfig, "clip_high", 0.0, INF, False, False),
     (KLCovConfig, "kl_ratio", 0.0, 1.0, False, False),
     (KLCovConfig, "ppo_kl_coef", 0.0, INF, False, False),
+    (BapoConfig, "rho0", 0.0, 1.0, False, True),
+    (BapoConfig, "lower_start", 0.0, 1.0, True, False),
+    (BapoConfig, "lower_max", 0.0, 1.0, True, False),
+    (BapoConfig, "lower_step", 0.0, INF, False, False),
+    (BapoConfig, "upper_start", 1.0, INF, False, False),
+    (BapoConfig, "upper_max", 1.0, INF, False, False),
+    (BapoConfig, "upper_step", 0.0, INF, False, False),
+    (BapoConfig, "eps", 0.0, INF, False, False),
+    (BapoConfig, "clip_ratio_c", 1.0, INF, True, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
