@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from minirlvr import registry
 from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, OverlongConfig, PPOClipConfig,
                                 ReinforcePPConfig)
+from minirlvr.methods.agentic_aepo import AgenticAepoConfig
 from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
@@ -27,7 +28,8 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("clip_ratio_c", 1.0, INF, True, False), ("max_len", 1, INF, False, False),
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
-PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig)  # PPOClipConfig + own
+PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
+               AgenticAepoConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -51,6 +53,7 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (ClipCovConfig, "clip_high", 0.0, INF, False, False),
     (KLCovConfig, "kl_ratio", 0.0, 1.0, False, False),
     (KLCovConfig, "ppo_kl_coef", 0.0, INF, False, False),
+    (AgenticAepoConfig, "alpha", 0.0, INF, False, False),
     (BapoConfig, "rho0", 0.0, 1.0, False, True),
     (BapoConfig, "lower_start", 0.0, 1.0, True, False),
     (BapoConfig, "lower_max", 0.0, 1.0, True, False),
