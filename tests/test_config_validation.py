@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from minirlvr import registry
 from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, OverlongConfig, PPOClipConfig,
                                 ReinforcePPConfig)
+from minirlvr.methods.agentic_aepo import AgenticAepoConfig
+from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
@@ -30,7 +32,7 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
 PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
-               SteerConfig, LpRegConfig)
+               SteerConfig, LpRegConfig, AgenticAepoConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -64,6 +66,16 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (KLCovConfig, "ppo_kl_coef", 0.0, INF, False, False),
     (RandomRewardConfig, "p", 0.0, 1.0, False, False),
     (RandomRewardConfig, "mix", 0.0, 1.0, False, False),
+    (AgenticAepoConfig, "alpha", 0.0, INF, False, False),
+    (BapoConfig, "rho0", 0.0, 1.0, False, True),
+    (BapoConfig, "lower_start", 0.0, 1.0, True, False),
+    (BapoConfig, "lower_max", 0.0, 1.0, True, False),
+    (BapoConfig, "lower_step", 0.0, INF, False, False),
+    (BapoConfig, "upper_start", 1.0, INF, False, False),
+    (BapoConfig, "upper_max", 1.0, INF, False, False),
+    (BapoConfig, "upper_step", 0.0, INF, False, False),
+    (BapoConfig, "eps", 0.0, INF, False, False),
+    (BapoConfig, "clip_ratio_c", 1.0, INF, True, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
