@@ -55,7 +55,7 @@ from typing import Literal
 
 import torch
 
-from ..baselines import PPOClipConfig, ppo_terms, reference_if_kl
+from ..baselines import DAPO_PPO, STALE, PPOClipConfig, ppo_terms, reference_if_kl
 from ..core import aggregate, clamped_log_ratio, masked_mean, ppo_clip_per_token
 from ..registry import Recipe, check_range, register, register_recipe
 
@@ -139,11 +139,13 @@ def agentic_aepo_loss(out, batch, cfg: AgenticAepoConfig, ctx):
     return loss, metrics
 
 
-_STALE = {"minibatches": 4, "ppo_epochs": 2}    # WP2 staleness: 8 optimizer steps per rollout
-_LOSS = {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "agg": "token-mean", "alpha": 0.2}
+# Recipes: the stale regime and DAPO's PPO settings of the baseline `dapo_stale` (incl. its dual clip c = 10,
+# not the derivative code's 3, which stays the config default), so each recipe differs from it only in AEPO's
+# halves. c only acts on A < 0 tokens with r > c (logged: dualclip_frac).
+_LOSS = {**DAPO_PPO, "alpha": 0.2}
 for _name, _adv, _clip, _what in (("agentic_aepo", True, True, "both halves"),
                                   ("aepo_adv_only", True, False, "ablation: entropy-aware advantage only"),
                                   ("aepo_clip_only", False, True, "ablation: gradient-preserving clip only")):
     register_recipe(Recipe(_name, paper=f"{PAPER} ({_what}; update half only, plain rollout)", rollout="plain",
-                           advantage="grpo", loss="agentic_aepo", train_cfg=dict(_STALE),
+                           advantage="grpo", loss="agentic_aepo", train_cfg=dict(STALE),
                            loss_cfg={**_LOSS, "adv_scaling": _adv, "grad_preserving_clip": _clip}))

@@ -62,7 +62,7 @@ from typing import Literal
 
 import torch
 
-from ..baselines import PPOClipConfig, ppo_terms
+from ..baselines import DAPO_PPO, STALE, PPOClipConfig, ppo_terms
 from ..core import clamped_log_ratio, entropy_change_first_order, masked_mean
 from ..registry import Recipe, check_range, register, register_recipe
 
@@ -188,5 +188,6 @@ def bapo_loss(out, batch, cfg: BapoConfig, ctx):
 register_recipe(Recipe("bapo", paper=PAPER + " (README defaults; WP2 staleness: 4 minibatches x 2 epochs)",
                        rollout="plain", advantage="grpo", loss="bapo",
                        loss_cfg={"rho0": 0.5, "lower_start": 0.6, "lower_max": 0.9, "upper_start": 1.2,
-                                 "upper_max": 3.0, "measure": "indicator", "agg": "token-mean"},
-                       train_cfg={"minibatches": 4, "ppo_epochs": 2}))
+                                 "upper_max": 3.0, "measure": "indicator", "agg": "token-mean",
+                                 "clip_ratio_c": DAPO_PPO["clip_ratio_c"]},  # as the baseline dapo_stale
+                       train_cfg=dict(STALE)))

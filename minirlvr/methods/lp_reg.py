@@ -207,13 +207,21 @@ def proxy_mass_probe(policy, batch, cfg: ProxyMassConfig, ctx) -> dict[str, floa
 
 
 ON_POLICY = {"minibatches": 1}
-register_recipe(Recipe("lp_reg", paper=PAPER + " (toy rho 0.05, k >= 1; on-policy)", advantage="grpo",
-                       loss="lp_reg", train_cfg=ON_POLICY,
-                       loss_cfg={"clip_low": 1.0, "clip_high": 9.0, "agg": "token-mean", "kappa": 0.02,
-                                 "rho": 0.05, "min_selected": 1, "beta": 1.0}))
-_GRPO = get_recipe("grpo")   # the comparison baselines: the grpo recipe's stages and loss, on-policy
-register_recipe(replace(_GRPO, name="grpo_onpolicy", paper=_GRPO.paper + " (one minibatch; Lp-Reg baseline)",
-                        loss_cfg=dict(_GRPO.loss_cfg), train_cfg=ON_POLICY))
+# The paper's rho = 1% with the code's "only if k > 1" rule: on-policy a loss call is the whole rollout
+# (~200-260 negative tokens at 16 x 8), so k = 2 and the rule lets it act -- the issue's premise (k = 1)
+# counted a 4-minibatch loss call. `lp_reg_rho05` is the toy-scaled variant the issue asked for (rho 5%,
+# k >= 1). Both were fixed before any comparison ran.
+_LOSS = {"clip_low": 1.0, "clip_high": 9.0, "agg": "token-mean", "kappa": 0.02, "beta": 1.0}
+register_recipe(Recipe("lp_reg", paper=PAPER + " (rho 0.01, k > 1 as the code; on-policy)", advantage="grpo",
+                       loss="lp_reg", train_cfg=ON_POLICY, loss_cfg={**_LOSS, "rho": 0.01, "min_selected": 2}))
+register_recipe(Recipe("lp_reg_rho05", paper=PAPER + " (toy-scaled rho 0.05, k >= 1; on-policy)", advantage="grpo",
+                       loss="lp_reg", train_cfg=ON_POLICY, loss_cfg={**_LOSS, "rho": 0.05, "min_selected": 1}))
+# The comparison baselines: GRPO advantages and Lp-Reg's token-mean aggregation, one minibatch (on-policy,
+# ratio = 1 in the single update, so the clip range plays no role); the bonus 0.005 is the middle of the
+# card's 0.001-0.01, chosen before any run.
+_GRPO = get_recipe("grpo")
+register_recipe(replace(_GRPO, name="grpo_onpolicy", train_cfg=ON_POLICY, loss_cfg={"agg": "token-mean"},
+                        paper=_GRPO.paper + " (token-mean, one minibatch; Lp-Reg baseline)"))
 register_recipe(replace(_GRPO, name="entropy_bonus_onpolicy", train_cfg=ON_POLICY,
-                        paper=_GRPO.paper + " + entropy bonus 0.005 (one minibatch; Lp-Reg baseline)",
-                        loss_cfg={**_GRPO.loss_cfg, "entropy_coef": 0.005}))
+                        paper=_GRPO.paper + " + entropy bonus 0.005 (token-mean, one minibatch; Lp-Reg baseline)",
+                        loss_cfg={"agg": "token-mean", "entropy_coef": 0.005}))

@@ -181,8 +181,9 @@ def test_recipes_and_config():
         assert r.train_cfg == {"minibatches": 4, "ppo_epochs": 2}
         cfg = make_config(AgenticAepoConfig, r.loss_cfg)
         assert (cfg.adv_scaling, cfg.grad_preserving_clip) == flags
-        assert (cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c, cfg.agg) == (0.2, 0.28, 3.0, "token-mean")
+        assert (cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c, cfg.agg) == (0.2, 0.28, 10.0, "token-mean")  # dapo_stale's
         assert cfg.alpha == 0.2
+    assert AgenticAepoConfig().clip_ratio_c == 3.0  # the derivative code's c stays the config default
     assert make_config(AgenticAepoConfig, {"adv_scaling": "false"}).adv_scaling is False
     with pytest.raises(ValueError, match=r"^AgenticAepoConfig\.alpha must be >= 0"):
         AgenticAepoConfig(alpha=-0.1)

@@ -248,7 +248,7 @@ def test_recipe_and_config():
     assert r.train_cfg == {"minibatches": 4, "ppo_epochs": 2}
     cfg = make_config(BapoConfig, r.loss_cfg)
     assert (cfg.rho0, cfg.lower_start, cfg.lower_max, cfg.upper_start, cfg.upper_max) == (0.5, 0.6, 0.9, 1.2, 3.0)
-    assert (cfg.lower_step, cfg.upper_step, cfg.clip_ratio_c, cfg.agg) == (0.05, 0.05, 3.0, "token-mean")
+    assert (cfg.lower_step, cfg.upper_step, cfg.clip_ratio_c, cfg.agg) == (0.05, 0.05, 10.0, "token-mean")  # c of the baseline dapo_stale
     with pytest.raises(ValueError, match=r"^BapoConfig\.measure must be one of"):
         BapoConfig(measure="value")
     with pytest.raises(ValueError, match=r"^BapoConfig\.rho0 must be in \[0, 1\)"):

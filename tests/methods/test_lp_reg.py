@@ -317,10 +317,12 @@ def test_registry_recipes_and_official_defaults():
     assert get_stage("loss", "lp_reg").prepare is lp_reg_prepare and get_stage("probe", "proxy_mass").config
     r, g = get_recipe("lp_reg"), get_recipe("grpo")
     assert (r.rollout, r.advantage, r.loss, r.train_cfg) == ("plain", "grpo", "lp_reg", {"minibatches": 1})
-    assert (r.loss_cfg["rho"], r.loss_cfg["min_selected"], r.loss_cfg["kappa"]) == (0.05, 1, 0.02)
+    assert (r.loss_cfg["rho"], r.loss_cfg["min_selected"], r.loss_cfg["kappa"]) == (0.01, 2, 0.02)  # official
+    t = get_recipe("lp_reg_rho05")
+    assert (t.loss_cfg["rho"], t.loss_cfg["min_selected"], t.train_cfg) == (0.05, 1, {"minibatches": 1})
     b, e = get_recipe("grpo_onpolicy"), get_recipe("entropy_bonus_onpolicy")
-    assert (b.loss, b.loss_cfg, b.train_cfg) == (g.loss, g.loss_cfg, {"minibatches": 1})
-    assert e.loss_cfg == {**g.loss_cfg, "entropy_coef": 0.005} and e.train_cfg == {"minibatches": 1}
+    assert (b.loss, b.advantage, b.loss_cfg, b.train_cfg) == (g.loss, g.advantage, {"agg": "token-mean"}, {"minibatches": 1})
+    assert e.loss_cfg == {"agg": "token-mean", "entropy_coef": 0.005} and e.train_cfg == {"minibatches": 1}
 
 
 def test_short_on_policy_training_run(tmp_path, tiny_ckpt):
