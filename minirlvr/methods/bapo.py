@@ -26,7 +26,7 @@ so at exit m >= target or both bounds are at b, after at most ceil((b- - a-)/d-)
 Loss: dual-clip PPO with [c_low, c_high] = core.ppo_clip_per_token with eps_low = 1 - c_low,
 eps_high = c_high - 1 (via baselines.ppo_terms), min(., -c A) for A < 0 (c = 3), token-mean.
 Entropy-Clip rule (tabular softmax, natural-PG step restricted to active actions, dz_a = eta A_a X_a):
-  dH = -eta Cov_{a~pi}(log pi_a, A_a X_a) + O(eta^2)        (`entropy_change_with_active`)
+  dH = -eta Cov_{a~pi}(log pi_a, A_a X_a) + O(eta^2)        (exact.first_order_entropy_change, kind="npg", mask=X)
 Zeroing X on a positive action with log pi_a < -H raises the covariance by pi_a A_a (-H - log pi_a) > 0,
 i.e. clipping low-probability positive tokens lowers entropy.
 
@@ -63,7 +63,7 @@ from typing import Literal
 import torch
 
 from ..baselines import DAPO_PPO, STALE, PPOClipConfig, ppo_terms
-from ..core import clamped_log_ratio, entropy_change_first_order, masked_mean
+from ..core import clamped_log_ratio, masked_mean
 from ..registry import Recipe, check_range, register, register_recipe
 
 PAPER = ("Xi et al. 2025, BAPO: Stabilizing Off-Policy RL for LLMs via Balanced Policy Optimization "
@@ -128,13 +128,6 @@ def search_bounds(ratio, adv, mask, cfg: "BapoConfig") -> dict:
         steps[side] = k
     return {"c_low": c["low"], "c_high": c["high"], "before": before, "after": m, "target": target,
             "steps_low": steps["low"], "steps_high": steps["high"]}
-
-
-def entropy_change_with_active(logits: torch.Tensor, adv: torch.Tensor, active: torch.Tensor,
-                               eta: float = 1.0) -> torch.Tensor:
-    """Entropy-Clip rule: the first-order entropy change of a tabular softmax under dz_a = eta A_a X_a,
-    -eta Cov_pi(log pi, A X). logits, adv, active [..., V] -> [...]."""
-    return entropy_change_first_order(logits, eta * adv * active.to(adv.dtype))
 
 
 @dataclass

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from minirlvr.baselines import PPOClipConfig, ppo_terms
 from minirlvr.core import entropy_from_logits, policy_covariance, ppo_clip_per_token
+from minirlvr.exact import first_order_entropy_change
 from minirlvr.methods.bapo import (BapoConfig, active_mask, bapo_loss, clipped_surrogate, code_pos_neg_ratio,
-                                   entropy_change_with_active, grid_steps, positive_share, search_bounds)
+                                   grid_steps, positive_share, search_bounds)
 from minirlvr.registry import get_recipe, make_config
 from minirlvr.rollout import PolicyOutput, RolloutBatch
 
@@ -227,13 +228,13 @@ def test_entropy_clip_rule_first_order_and_clipping_low_prob_positives(seed, V, 
     X = torch.rand(V, generator=g) < 0.7
     eta = 1e-5
     pi, logp = torch.softmax(z, -1), torch.log_softmax(z, -1)
-    dH = entropy_change_with_active(z, A, X, eta)
+    dH = first_order_entropy_change(z, A, "npg", eta, X.double())   # the shared tabular toolkit
     torch.testing.assert_close(dH, -eta * policy_covariance(pi, logp, A * X), rtol=1e-10, atol=1e-18)
     fd = entropy_from_logits(z + eta * A * X) - entropy_from_logits(z)            # the real change, small eta
     assert abs(float(fd - dH)) <= 1e-3 * abs(float(dH)) + 1e-13
     # clip (X = 0) the positive actions with log pi < -H: entropy falls more (or the same if there are none)
     low_pos = X & (A > 0) & (logp < -entropy_from_logits(z))
-    dH_clipped = entropy_change_with_active(z, A, X & ~low_pos, eta)
+    dH_clipped = first_order_entropy_change(z, A, "npg", eta, (X & ~low_pos).double())
     gain = eta * (pi * A * (-entropy_from_logits(z) - logp))[low_pos].sum()      # exact, Cov is bilinear
     torch.testing.assert_close(dH - dH_clipped, gain, rtol=1e-9, atol=1e-20)
     if low_pos.any():
