@@ -115,8 +115,8 @@ from minirlvr.trainer import TrainConfig
 
 STEPS, SEEDS, EVAL_EVERY = (3, 1, 3) if FAST else (300, 3, 25)
 OUT = "runs/wp2_fast" if FAST else "runs/wp2"   # runs/wp2 is shared with tutorial 09 (same regime)
-cfg = TrainConfig(task=TASK, steps=STEPS, eval_every=EVAL_EVERY, eval_problems=16 if FAST else 128,
-                  progress=False, reuse=True)
+cfg = TrainConfig(task=TASK, steps=STEPS, eval_every=EVAL_EVERY, eval_problems=8 if FAST else 128,
+                  prompts_per_step=4 if FAST else None, progress=False, reuse=True)  # None: the recipe's / default
 result = run_compare(["dapo_stale", "steer"], SEEDS, cfg, out_dir=OUT, leash_n=0)
 extreme = run_compare(["dapo_extreme", "steer_extreme"], SEEDS, cfg, out_dir=OUT, leash_n=0)
 print(format_summary(result["summary"] + extreme["summary"], cfg.eval_k))
