@@ -45,18 +45,18 @@ clamps q - l to [-20, 20] before exp (same value 10 and zero gradient beyond the
 exp can overflow to inf and give a NaN gradient). Not implemented: the positive-advantage branch (rho+ = 0 in
 every script), the "fixed" absolute threshold, minp_soft, a reference-policy or current-policy proxy.
 
-TOY DEVIATION (fixed before any comparison, PLAN WP2): PLAN counted ~70 negative tokens per loss call (at
-4 minibatches), where the paper's rho = 1% gives k = max(1, 0) = 1 and the code's "apply only if k > 1"
-switches Lp-Reg off. The config keeps the official defaults (rho 0.01, min_selected 2); the `lp_reg` recipe
-uses rho = 0.05 and min_selected = 1. (3-step smoke runs: |N-| ~ 50-60 at 4 minibatches, but ~200-260
-on-policy, where one loss call holds the whole rollout: rho = 1% would give k = 2, rho 0.05 gives k ~ 10-13.)
-rho = 0 means off under either setting (the official 0 gets
-there through its quirk). In the trainer l (training forward) and q (sampler logits) differ by float noise,
-so even at kappa = 0 a token may be "selected" with q - l ~ 1e-7 (k3 ~ 1e-14): harmless.
-Comparison baselines of the notebook: `grpo_onpolicy` (the grpo recipe, one minibatch) and
-`entropy_bonus_onpolicy` (+ entropy_coef 0.005, the centre of the card's 0.001-0.01, chosen a priori).
-They keep the grpo recipe's seq-mean-token-mean and eps 0.2; `lp_reg` with loss.beta=0 is the exact
-regulariser-free control. Pitfalls: -inf filtered logits give NaN in k3; with eps = 0.2 the unclipped
+RECIPES (fixed before any comparison ran): PLAN WP2 counted ~70 negative tokens per loss call (at 4
+minibatches), where rho = 1% gives k = 1 and the code's "apply only if k > 1" would switch Lp-Reg off, and asked
+for a toy-scaled rho. On-policy, however, one loss call holds the whole rollout (~200-260 negative tokens at
+16 x 8), so the paper's rho = 1% gives k = 2 and the code's rule lets it act. So `lp_reg` = the official
+settings (rho 0.01, min_selected 2: ~1% of the negative tokens, as in the paper), and `lp_reg_rho05` = the
+toy-scaled variant the issue asked for (rho 0.05, min_selected 1: k ~ 10-13). rho = 0 means off under either.
+In the trainer l (training forward) and q (sampler logits) differ by float noise, so even at kappa = 0 a token
+may be "selected" with q - l ~ 1e-7 (k3 ~ 1e-14): harmless.
+Comparison baselines: `grpo_onpolicy` (GRPO advantages, token-mean as Lp-Reg, one minibatch: the single update
+is at ratio 1, so the clip range plays no role) and `entropy_bonus_onpolicy` (+ entropy_coef 0.005, the centre
+of the card's 0.001-0.01, chosen a priori). `lp_reg` with loss.beta=0 is the exact regulariser-free control.
+Pitfalls: -inf filtered logits give NaN in k3; with eps = 0.2 the unclipped
 selected tokens would matter; the proxy is pi_old while S compares the CURRENT l with q.
 """
 from __future__ import annotations
