@@ -84,21 +84,14 @@ def entropy_aware_advantage(adv: torch.Tensor, entropy: torch.Tensor, mask: torc
 
 def gp_clip_per_token(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_low: float = 0.2,
                       clip_high: float = 0.28, clip_ratio_c: float | None = 3.0):
-    """Dual-clip PPO with the gradient-preserving TENSOR upper bound u = (1 + eps_h) r / sg(r).
-    Values equal core.ppo_clip_per_token exactly (r / sg(r) is exactly 1.0). Returns (loss, ratio, clipped)."""
-    ratio = clamped_log_ratio(logp, old_logp).exp()
+    """Dual-clip PPO (core.ppo_clip_per_token) with the gradient-preserving TENSOR upper bound
+    u = (1 + eps_h) r / sg(r) where PPO's upper clip binds (A > 0, r > 1 + eps_h): the same value
+    -A (1 + eps_h) (r / sg(r) is exactly 1.0), gradient -A (1 + eps_h) dl instead of 0. Everywhere else
+    PPO unchanged (ties r = 1 + eps_h included). Returns (loss, ratio, clipped) with PPO's `clipped`."""
+    loss, ratio, clipped = ppo_clip_per_token(logp, old_logp, adv, clip_low, clip_high, clip_ratio_c)
     upper = (1.0 + clip_high) * (ratio / ratio.detach())
-    # = clip(r, 1 - eps_l, u) in value; where() rather than min(): no gradient leaks into u at a tie (eps = 0)
-    clipped_ratio = torch.where(ratio > 1.0 + clip_high, upper, ratio.clamp(min=1.0 - clip_low))
-    unclipped, clipped_val = -adv * ratio, -adv * clipped_ratio
-    loss = torch.maximum(unclipped, clipped_val)
-    clipped = clipped_val > unclipped
-    if clip_ratio_c is not None:
-        dual = -adv * clip_ratio_c
-        use_dual = (adv < 0) & (dual < loss)
-        loss = torch.where(use_dual, dual, loss)
-        clipped = clipped | use_dual
-    return loss, ratio, clipped
+    above = (adv > 0) & (ratio.detach() > 1.0 + clip_high)
+    return torch.where(above, -adv * upper, loss), ratio, clipped
 
 
 @dataclass
