@@ -23,6 +23,7 @@ from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
+from minirlvr.methods.ucas import UcasConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
 
 INF = math.inf
@@ -76,6 +77,10 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (BapoConfig, "upper_step", 0.0, INF, False, False),
     (BapoConfig, "eps", 0.0, INF, False, False),
     (BapoConfig, "clip_ratio_c", 1.0, INF, True, False),
+    (UcasConfig, "eps", 0.0, INF, True, False),
+    (UcasConfig, "beta_pos", 0.0, INF, False, False),
+    (UcasConfig, "beta_neg", 0.0, INF, False, False),
+    (UcasConfig, "gamma", 0.0, INF, False, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
