@@ -33,7 +33,7 @@ is seq-mean-token-sum, else 1) or 1 (normalize="none"). A_{i,t} = A_i m_{i,t} (b
 Exact properties (tests): alpha 1, b 0, mu 1/2, even G -> r_i - mean_g r (Dr.GRPO). Group sum =
 mu (|Hi| - |Lo|)(mu_hi - alpha mu_lo + b) / Z [length form: (alpha mu_hi - mu_lo + b)], so 0 for
 every even G, alpha, b. With alpha 1, b 0: A_i = mu (r_i - mean of the other half) + (1 - mu)(r_i - mean
-of its own half), symmetric in Hi / Lo, hence M -> -M changes nothing iff the partition is swapped:
+of its own half), symmetric in Hi / Lo, hence M -> -M changes nothing whenever the partition is swapped:
 even G and no tie ACROSS the median (ties inside a half are harmless); odd G moves the median response.
 All-equal rewards c: A = +-mu (c (1 - alpha) + b) / Z, i.e. 0 iff alpha 1 and b 0 (or mu 0).
 
@@ -49,6 +49,13 @@ implemented. Metrics: canon/gap = mean over groups of mu_hi - mu_lo, canon/frac_
 canon/frac_lo_better, canon/metric_gap (mean M_hi - M_lo), canon/frac_tied_median (M ties across the median),
 canon/frac_tie_decides (... among responses of different reward: only there can the tie rule move
 mu_lo, mu_hi), canon/mu.
+Baseline: `canon --set advantage.mu=0.5` IS Dr.GRPO with the same loss and Z (exact, tested). The library's
+`dr_grpo` recipe differs in the loss only: clip 0.2 / 0.2 without dual clip, and seq-mean-token-sum-norm
+divides by the batch's response width T instead of a constant max_new_tokens.
+Toy note (addition base): entropy ties across the median are common (identical responses), but they
+rarely matter (equal rewards: canon/frac_tie_decides ~ 0 in a 3-step smoke run). Length ties decide ~85% of
+the groups on `addition` (all lengths tied at the median): there canon_length is nearly the random-split
+control; it needs a verbose base (PLAN: addition_verbose).
 """
 from __future__ import annotations
 
