@@ -17,6 +17,7 @@ from minirlvr.methods.agentic_aepo import AgenticAepoConfig
 from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
+from minirlvr.methods.canon import CanonConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
@@ -81,6 +82,9 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (UcasConfig, "beta_pos", 0.0, INF, False, False),
     (UcasConfig, "beta_neg", 0.0, INF, False, False),
     (UcasConfig, "gamma", 0.0, INF, False, False),
+    (CanonConfig, "mu", 0.0, 1.0, False, False),
+    (CanonConfig, "alpha", 0.0, INF, False, False),
+    (CanonConfig, "b", -INF, INF, False, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
