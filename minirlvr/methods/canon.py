@@ -190,6 +190,9 @@ CANON_PPO = {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "agg": "se
 register_recipe(Recipe("canon", paper=PAPER + " (entropy split, mu 1, alpha 1, b 0)", advantage="canon",
                        advantage_cfg={"metric": "entropy", "mu": 1.0, "alpha": 1.0, "b": 0.0},
                        loss_cfg=dict(CANON_PPO)))
+register_recipe(Recipe("canon_drgrpo", paper=PAPER + " (mu 1/2: exactly Dr.GRPO, with CANON's loss -- its baseline)",
+                       advantage="canon", advantage_cfg={"metric": "entropy", "mu": 0.5, "alpha": 1.0, "b": 0.0},
+                       loss_cfg=dict(CANON_PPO)))
 register_recipe(Recipe("canon_random_split", paper=PAPER + " (control: a seeded random half instead of the metric)",
                        advantage="canon", advantage_cfg={"metric": "random", "mu": 1.0, "alpha": 1.0, "b": 0.0},
                        loss_cfg=dict(CANON_PPO)))
