@@ -21,6 +21,7 @@ from minirlvr.methods.canon import CanonConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
+from minirlvr.methods.hicra import HicraConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
@@ -85,6 +86,8 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (CanonConfig, "mu", 0.0, 1.0, False, False),
     (CanonConfig, "alpha", 0.0, INF, False, False),
     (CanonConfig, "b", -INF, INF, False, False),
+    (HicraConfig, "eps", 0.0, INF, True, False),
+    (HicraConfig, "alpha", 0.0, 1.0, False, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
