@@ -20,6 +20,7 @@ from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.canon import CanonConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
+from minirlvr.methods.empg import EmpgConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.hicra import HicraConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
@@ -88,6 +89,10 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (CanonConfig, "b", -INF, INF, False, False),
     (HicraConfig, "eps", 0.0, INF, True, False),
     (HicraConfig, "alpha", 0.0, 1.0, False, False),
+    (EmpgConfig, "k", 0.0, INF, False, False),
+    (EmpgConfig, "k_f", 0.0, INF, False, False),
+    (EmpgConfig, "zeta", 0.0, INF, False, False),
+    (EmpgConfig, "eps", 0.0, INF, True, False),
 ])
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
