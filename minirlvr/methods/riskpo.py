@@ -110,8 +110,8 @@ def bundle_rows(group_ids: torch.Tensor, bundle_size: int) -> torch.Tensor:
     n_prompts, n = counts.numel(), int(counts[0])
     if n_prompts % bundle_size:
         raise ValueError(f"riskpo: the batch has {n_prompts} prompts, not a multiple of advantage.bundle_size="
-                         f"{bundle_size}; set prompts_per_step (--prompts) to a multiple of {bundle_size} (the paper does not "
-                         f"say what happens to leftover prompts)")
+                         f"{bundle_size}; set prompts_per_step (--prompts) to a multiple of {bundle_size} "
+                         f"(the paper does not say what happens to leftover prompts)")
     order = torch.sort(inv, stable=True).indices           # rows group by group, row order inside a group
     return order.view(n_prompts // bundle_size, bundle_size, n)
 
