@@ -24,6 +24,7 @@ from minirlvr.methods.empg import EmpgConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.hicra import HicraConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
+from minirlvr.methods.riskpo import RiskpoConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
 from minirlvr.methods.ucas import UcasConfig
@@ -93,7 +94,14 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (EmpgConfig, "k_f", 0.0, INF, False, False),
     (EmpgConfig, "zeta", 0.0, INF, False, False),
     (EmpgConfig, "eps", 0.0, INF, True, False),
+    (RiskpoConfig, "bundle_size", 1, INF, False, False),
+    (RiskpoConfig, "omega", 0.0, INF, False, False),
+    (RiskpoConfig, "upper_weight", 0.0, INF, False, False),
+    (RiskpoConfig, "eps", 0.0, INF, True, False),
+    (RiskpoConfig, "lr_q", 0.0, INF, False, False),
 ])
+# settings whose range depends on another setting: checked by their own tests below, not by RANGES
+PAIRED = {(RiskpoConfig, "alpha"), (RiskpoConfig, "beta")}   # 0 <= alpha <= beta <= 1
 IDS = [f"{c.__name__}.{f}" for c, f, *_ in RANGES]
 
 
@@ -139,7 +147,7 @@ def test_every_numeric_setting_has_a_documented_range():
     covered = {(c, f) for c, f, *_ in RANGES}
     free = {"seed", "cov_lb", "cov_ub"}
     for cls in registered_configs():
-        missing = [f for f in number_fields(cls) if (cls, f) not in covered and f not in free]
+        missing = [f for f in number_fields(cls) if (cls, f) not in covered | PAIRED and f not in free]
         assert not missing, f"{cls.__name__}: no range for {missing}"
 
 
@@ -204,6 +212,20 @@ def test_clip_cov_band_must_be_non_empty():
         msg = raises_naming(ClipCovConfig, "cov_lb", lambda: ClipCovConfig(cov_lb=lb, cov_ub=ub))
         assert "cov_ub" in msg
     raises_naming(ClipCovConfig, "cov_ub", lambda: ClipCovConfig(cov_ub=math.nan))
+
+
+@given(a=st.one_of(st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0])),
+       b=st.one_of(st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0])))
+def test_riskpo_quantile_levels_must_satisfy_0_le_alpha_le_beta_le_1(a, b):
+    if 0.0 <= a <= b <= 1.0:
+        cli = registry.make_config(RiskpoConfig, {"alpha": str(a), "beta": str(b)})
+        assert (RiskpoConfig(alpha=a, beta=b).alpha, cli.beta) == (a, b)
+        return
+    name = "alpha" if not 0.0 <= a <= 1.0 or (0.0 <= b <= 1.0 and a > b) else "beta"
+    msg = raises_naming(RiskpoConfig, name, lambda: RiskpoConfig(alpha=a, beta=b))
+    assert msg.startswith(f"RiskpoConfig.{name} must be ")
+    raises_naming(RiskpoConfig, name, lambda: registry.make_config(RiskpoConfig, {"alpha": str(a), "beta": str(b)},
+                                                                   where="advantage 'riskpo'"))
 
 
 def test_subclasses_keep_the_checks():
