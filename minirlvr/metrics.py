@@ -1,7 +1,6 @@
 """Evaluation metrics: accuracy, unbiased pass@k, token-entropy statistics, lengths."""
 from __future__ import annotations
 
-from math import comb
 
 import numpy as np
 import torch

@@ -3,7 +3,6 @@
 The committed notebooks carry the outputs of a full run; this test only checks
 that they still run against the current library, so they never rot.
 """
-import os
 from pathlib import Path
 
 import pytest
