@@ -143,17 +143,16 @@ def cmd_compare(a) -> None:
 
 def cmd_pretrain(a) -> None:
     from dataclasses import replace
-    from toy_tasks import get_task
-    from .sft import BASE_RECIPES, SFTConfig, default_checkpoint, pretrain
-    get_task(a.task)
+    from . import sft
+    sft.base_task(a.task)  # a task or a mixed base (BASE_RECIPES), else one line naming both
     import torch
-    cfg = SFTConfig(task=a.task, seed=a.seed, **BASE_RECIPES.get(a.task, {}))
+    cfg = sft.SFTConfig(**{"task": a.task, **sft.BASE_RECIPES.get(a.task, {})}, seed=a.seed)
     if a.steps:
         cfg = replace(cfg, steps=a.steps)
-    out = a.out or default_checkpoint(a.task)
+    out = a.out or sft.default_checkpoint(a.task)
     torch.set_num_threads(a.threads)
-    _, metrics = pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
-                          progress=not a.no_progress)
+    _, metrics = sft.pretrain(cfg, out_path=out, device="cpu" if a.device == "auto" else a.device,
+                              progress=not a.no_progress)
     print(json.dumps({"checkpoint": out, **metrics}, indent=1))
 
 
@@ -220,12 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("pretrain", help="supervised pre-training of a base checkpoint")
-    s.add_argument("--task", required=True)
+    s.add_argument("--task", required=True,
+                   help="a task, or a mixed-difficulty base of minirlvr/sft.py:BASE_RECIPES (e.g. addition_mixed)")
     s.add_argument("--steps", type=_positive_int, default=None,
-                   help="a fixed step count (default: stop at the task's target held-out greedy accuracy)")
+                   help="a fixed step count (default: the recipe's stopping rule on held-out greedy accuracy)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
-    s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<task>.pt)")
+    s.add_argument("--out", default=None, help="checkpoint path (default: toy_tasks/checkpoints/<--task>.pt)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_pretrain)

@@ -20,10 +20,30 @@ Two choices make a base that RL can work with:
   step of 1e-4; a constant-lr base of equal skill by 0.04). `metrics.step_sensitivity`
   measures this; every shipped base stores it and `tests/test_sft.py` bounds it.
 
-`minirlvr pretrain --task NAME` rebuilds a shipped checkpoint from its recipe.
+**Mixed-difficulty bases** (`difficulty=(1, 2, 3)`: every training problem's level is drawn
+uniformly from the tuple, see `Task.sample`). On one mixture the easy levels are learned long
+before the hard ones, so "stop when the mixture reaches the target" leaves ~1.0 on the easy level
+and ~0 on the hard one. The rule, fixed before any mixed base was built, generalises the one
+above level by level:
+
+    every `select_every` steps, measure held-out greedy accuracy g_L on `select_problems`
+    problems of each level L (test split, seed SELECT_SEED);
+    train the next steps on the levels with g_L < target_greedy only (in their listed
+    proportions): a level that reached the target leaves the mixture, and re-enters
+    if it falls below again;
+    stop at the first check where no level is below the target (or after max_steps).
+
+With one level this is exactly the single-level rule (same problems, same rng draws). What it
+cannot stop is transfer: a level out of the mixture still improves when a harder level teaches
+a shared skill (a 1-digit sum is a column of a 3-digit one); the stored per-level skill says
+how much. `steps@dL` in the stored metrics counts the steps level L was trained on.
+
+`minirlvr pretrain --task NAME` rebuilds a shipped checkpoint from its recipe (NAME is a task or
+a key of BASE_RECIPES, e.g. `addition_mixed`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,7 +73,7 @@ class SFTConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     seed: int = 0
-    difficulty: int | None = None  # None: the task's default difficulty
+    difficulty: int | tuple[int, ...] | None = None  # None: the task's default; a tuple: a mixture (module doc)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -70,9 +90,18 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.steps must be a positive integer or None, got {self.steps!r}")
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"SFTConfig.lr must be a finite number > 0, got {self.lr}")
+        if isinstance(self.difficulty, list):
+            self.difficulty = tuple(self.difficulty)
+        from toy_tasks import get_task
+        task = get_task(self.task)  # an unknown task names the known ones
+        try:
+            task.check_difficulty(self.difficulty)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"SFTConfig.difficulty: {e}") from None
 
 
-# The stopping rule per task for the shipped base checkpoints (fixed once, before any RL run).
+# The stopping rule per base for the shipped checkpoints (fixed once, before any RL run). A key is a
+# task name, or a base name whose recipe names its task (the mixed-difficulty bases).
 BASE_RECIPES: dict[str, dict] = {
     "addition": dict(target_greedy=0.4),
     "addition_scratchpad": dict(target_greedy=0.4),
@@ -80,11 +109,38 @@ BASE_RECIPES: dict[str, dict] = {
     "multiplication_scratchpad": dict(target_greedy=0.4),
     "countdown": dict(target_greedy=0.4),
     "chain": dict(target_greedy=0.3),
+    "addition_mixed": dict(task="addition", difficulty=(1, 2, 3), target_greedy=0.4, max_steps=8000),
+    "multiplication_mixed": dict(task="multiplication", difficulty=(1, 2), target_greedy=0.4, max_steps=8000),
 }
 
 
-def default_checkpoint(task: str) -> str:
-    return os.path.join(CHECKPOINT_DIR, f"{task}.pt")
+def default_checkpoint(name: str) -> str:
+    """toy_tasks/checkpoints/<name>.pt, for a task or a BASE_RECIPES name."""
+    return os.path.join(CHECKPOINT_DIR, f"{name}.pt")
+
+
+def task_at(task, difficulty):
+    """A copy of `task` whose default level is `difficulty` (a level or a mixture tuple), so code that
+    samples at the default (metrics.step_sensitivity, evaluate) draws what a base was trained on."""
+    if difficulty is None:
+        return task
+    return dataclasses.replace(task, default_difficulty=task.check_difficulty(difficulty))
+
+
+def base_task(name: str):
+    """The task (at its training difficulty) of the base `name`: a task or a BASE_RECIPES key."""
+    from toy_tasks import TASKS, get_task
+    recipe = BASE_RECIPES.get(name, {})
+    if name not in TASKS and "task" not in recipe:
+        raise ValueError(f"unknown task or base {name!r}; known tasks: {', '.join(TASKS)}; "
+                         f"mixed bases: {', '.join(k for k, r in BASE_RECIPES.items() if 'task' in r)}")
+    return task_at(get_task(recipe.get("task", name)), recipe.get("difficulty"))
+
+
+def mixture_of(task) -> tuple[int, ...]:
+    """The task's default level(s) as a tuple, as listed (a repeated level is drawn more often)."""
+    levels = task.check_difficulty(None)
+    return (levels,) if isinstance(levels, int) else tuple(levels)
 
 
 def make_sft_batch(task, problems, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +160,21 @@ def make_sft_batch(task, problems, rng: np.random.Generator) -> tuple[torch.Tens
 
 def evaluate(model, task, n_problems: int = 200, group_size: int = 8, seed: int = 1234,
              split: str = "test") -> dict[str, float]:
-    """The skill stored in a base checkpoint: pass@1 and pass@G at T = 1 and greedy accuracy."""
-    problems = task.sample(n_problems, np.random.default_rng(seed), split=split)
-    ev = evaluate_policy(model, task, problems, group_size, task.max_new_tokens, seed)
-    return {"pass@1": ev["pass@1"], f"pass@{group_size}": ev[f"pass@{group_size}"], "greedy_acc": ev["greedy_acc"]}
+    """The skill stored in a base checkpoint: pass@1 and pass@G at T = 1 and greedy accuracy, at the
+    task's default level(s) (`task_at`). For a mixture: the same three per level L (`pass@1@dL`, ...,
+    `n_problems` problems of each level) and overall = their mean weighted as the mixture draws levels."""
+    keys = ("pass@1", f"pass@{group_size}", "greedy_acc")
+    mixture = mixture_of(task)
+    per_level = {}
+    for d in dict.fromkeys(mixture):
+        problems = task.sample(n_problems, np.random.default_rng(seed), split=split, difficulty=d)
+        ev = evaluate_policy(model, task, problems, group_size, task.max_new_tokens, seed)
+        per_level[d] = {k: ev[k] for k in keys}
+    if len(per_level) == 1:
+        return per_level[mixture[0]]
+    out = {k: float(np.mean([per_level[d][k] for d in mixture])) for k in keys}
+    out.update({f"{k}@d{d}": v for d, ev in per_level.items() for k, v in ev.items()})
+    return out
 
 
 @dataclass
@@ -149,25 +216,30 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     held-out skill (test split), train-split skill (memorisation shows as a gap), the step it stopped at,
     and its sensitivity to one RL step (`metrics.step_sensitivity`)."""
     from toy_tasks import get_task
-    task = get_task(cfg.task)
+    task = task_at(get_task(cfg.task), cfg.difficulty)
+    mixture = mixture_of(task)  # the levels as listed; `training` is the part of it still below target
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = GPT(GPTConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    select = task.sample(cfg.select_problems, np.random.default_rng(SELECT_SEED), split="test", difficulty=cfg.difficulty)
+    select = {d: task.sample(cfg.select_problems, np.random.default_rng(SELECT_SEED), split="test", difficulty=d)
+              for d in dict.fromkeys(mixture)}
+    training, steps_at = mixture, dict.fromkeys(select, 0)
     t0, total = time.time(), cfg.steps or cfg.max_steps
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, desc=f"pretrain {cfg.task}", leave=False)
-    step, greedy = 0, 0.0
+    step, greedy = 0, dict.fromkeys(select, 0.0)
     probe_ctx, probe_log = SFTProbeContext(task), []
     for name in cfg.probes:  # unknown names fail before training, listing the known probes
         from . import registry
         registry.get_stage("probe", name)
     while step < total:
         model.train()
-        problems = task.sample(cfg.batch_size, rng, split="train", difficulty=cfg.difficulty)
+        problems = task.sample(cfg.batch_size, rng, split="train", difficulty=training)
+        for d in set(training):
+            steps_at[d] += 1
         ids, target_mask = (t.to(device) for t in make_sft_batch(task, problems, rng))
         logits = model(ids[:, :-1])
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
@@ -178,14 +250,16 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
         step += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", greedy=f"{greedy:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", greedy=" ".join(f"{g:.2f}" for g in greedy.values()))
         if cfg.probes and step % cfg.probe_every == 0:
             probe_ctx.step = step
             probe_log.append({"step": step, **run_probes(model.eval(), task, cfg.probes, probe_ctx, cfg.seed + step)})
-        if cfg.steps is None and step % cfg.select_every == 0:
-            greedy = greedy_accuracy(model.eval(), task, select)
-            if greedy >= cfg.target_greedy:
+        if cfg.steps is None and step % cfg.select_every == 0:  # the stopping rule (module doc)
+            greedy = {d: greedy_accuracy(model.eval(), task, problems) for d, problems in select.items()}
+            below = tuple(d for d in mixture if greedy[d] < cfg.target_greedy)
+            if not below:
                 break
+            training = below
     if bar is not None:
         bar.close()
     model.eval()
@@ -197,6 +271,8 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     train_skill = evaluate(model, task, split="train")
     metrics.update({f"train_{k}": v for k, v in train_skill.items()})
     metrics.update(step_sensitivity(model, task))
+    if len(steps_at) > 1:
+        metrics.update({f"steps@d{d}": n for d, n in steps_at.items()})
     if probe_log:
         metrics["probes"] = probe_log
     metrics.update(steps=step, final_sft_loss=float(loss.detach()), seconds=round(time.time() - t0, 1),
