@@ -28,6 +28,7 @@ from minirlvr.methods.riskpo import RiskpoConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
 from minirlvr.methods.ucas import UcasConfig
+from minirlvr.methods.verl_rank import EffectiveRankConfig, EffectiveRankShapingConfig
 from minirlvr.trainer import TrainConfig, build_pipeline
 
 INF = math.inf
@@ -99,6 +100,12 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (RiskpoConfig, "upper_weight", 0.0, INF, False, False),
     (RiskpoConfig, "eps", 0.0, INF, True, False),
     (RiskpoConfig, "lr_q", 0.0, INF, False, False),
+    *[(cls, *r) for cls in (EffectiveRankConfig, EffectiveRankShapingConfig) for r in (
+        ("layer", 1, INF, False, False), ("stride", 1, INF, False, False), ("eta", 0.0, 1.0, True, False))],
+    (EffectiveRankShapingConfig, "eps", 0.0, INF, True, False),
+    (EffectiveRankShapingConfig, "coef", 0.0, INF, False, False),
+    (EffectiveRankShapingConfig, "gain", 0.0, INF, False, False),
+    (EffectiveRankShapingConfig, "clip", 0.0, INF, True, False),
 ])
 # settings whose range depends on another setting: checked by their own tests below, not by RANGES
 PAIRED = {(RiskpoConfig, "alpha"), (RiskpoConfig, "beta")}   # 0 <= alpha <= beta <= 1
