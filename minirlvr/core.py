@@ -241,3 +241,14 @@ def ppo_clip_per_token(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
         loss = torch.where(use_dual, dual, loss)
         clipped = clipped | use_dual
     return loss, ratio, clipped
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two [N] vectors (float64): cov(x, y) / (std x std y); 0.0 when N < 2 or
+    either side is constant (a diagnostic that must stay a finite number in the step's record)."""
+    x, y = x.reshape(-1).double(), y.reshape(-1).double()
+    if x.numel() < 2:
+        return 0.0
+    dx, dy = x - x.mean(), y - y.mean()
+    den = float((dx.square().sum() * dy.square().sum()).sqrt())
+    return float((dx * dy).sum()) / den if den > 0 else 0.0

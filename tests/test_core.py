@@ -606,3 +606,13 @@ def test_empirical_entropy_matches_numpy(samples):
     assert empirical_entropy(samples) == pytest.approx(float(-(p * np.log(p)).sum()), abs=1e-12)
     assert empirical_entropy(samples, bits=True) == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-12)
     assert empirical_entropy(samples) >= 0 and str(empirical_entropy([7, 7])) == "0.0"
+
+
+@given(n=st.integers(2, 30), seed=st.integers(0, 10 ** 6), a=st.floats(0.1, 10), b=st.floats(-5, 5))
+def test_pearson_matches_numpy_and_is_zero_when_undefined(n, seed, a, b):
+    from minirlvr.core import pearson
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    assert abs(pearson(x, y) - np.corrcoef(x.numpy(), y.numpy())[0, 1]) < 1e-9
+    assert abs(pearson(x, a * x + b) - 1) < 1e-9 and abs(pearson(x, -a * x + b) + 1) < 1e-9
+    assert pearson(torch.ones(n), y) == 0.0 and pearson(x[:1], y[:1]) == 0.0

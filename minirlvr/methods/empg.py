@@ -53,7 +53,7 @@ from typing import Literal
 
 import torch
 
-from ..core import group_advantages
+from ..core import group_advantages, pearson
 from ..registry import Recipe, check_range, register, register_recipe
 from ..segments import step_ids, step_mean
 
@@ -129,15 +129,6 @@ def empg_terms(batch, cfg: EmpgConfig) -> dict[str, torch.Tensor]:
                 step_row=torch.nonzero(first)[:, 0])
 
 
-def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation (0 with < 2 points or a constant side)."""
-    if x.numel() < 2:
-        return 0.0
-    dx, dy = x - x.mean(), y - y.mean()
-    den = ((dx * dx).sum() * (dy * dy).sum()).sqrt()
-    return float((dx * dy).sum() / den) if den > 0 else 0.0
-
-
 def log_diagnostics(ctx, terms: dict, batch, cfg: EmpgConfig) -> None:
     """empg/* numbers of this step (module docstring); a mean over no steps is 0."""
     sg, sh, first = terms["step_g"], terms["step_H"], terms["first"]
@@ -150,7 +141,7 @@ def log_diagnostics(ctx, terms: dict, batch, cfg: EmpgConfig) -> None:
     flipped = (a != 0) & (torch.sign(terms["step_final"]) != torch.sign(a))
     has = batch.response_mask.cpu().bool().any(1)
     ctx.log(**{"empg/g_mean": mean(sg), "empg/g_low": mean(sg[low]), "empg/g_high": mean(sg[~low]),
-               "empg/corr_g_entropy": _corr(sg, sh),
+               "empg/corr_g_entropy": pearson(sg, sh),
                "empg/steps_per_response": mean(terms["n_steps"][has].double()),
                "empg/H_step": mean(sh), "empg/H_range": float(sh.max() - sh.min()) if sh.numel() else 0.0,
                "empg/bonus": mean(cfg.zeta * terms["f_next"][first]),

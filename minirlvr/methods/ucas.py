@@ -53,7 +53,7 @@ from typing import Literal
 
 import torch
 
-from ..core import group_advantages, group_mean_std, masked_mean
+from ..core import group_advantages, group_mean_std, masked_mean, pearson
 from ..registry import Recipe, check_range, register, register_recipe
 from ..rollout import policy_forward
 
@@ -147,15 +147,6 @@ def _slope(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((dx * (y - y.mean())).sum() / var) if var > 0 else 0.0
 
 
-def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation (0 with < 2 points or a constant side)."""
-    if x.numel() < 2:
-        return 0.0
-    dx, dy = x - x.mean(), y - y.mean()
-    den = ((dx * dx).sum() * (dy * dy).sum()).sqrt()
-    return float((dx * dy).sum() / den) if den > 0 else 0.0
-
-
 def log_diagnostics(ctx, terms: dict, batch) -> None:
     """ucas/* numbers for this step: mean Ahat over the tokens of rows with A > 0 (correct responses of mixed
     groups), A < 0 and A = 0 (all-equal groups); mean c per token and C per row; mean M by sign of A; the slope
@@ -172,7 +163,7 @@ def log_diagnostics(ctx, terms: dict, batch) -> None:
     out.update({"ucas/conf_token": float(masked_mean(terms["certainty"], m)),
                 "ucas/conf_seq": float(terms["conf"].mean()) if terms["conf"].numel() else 0.0,
                 "ucas/slope_pos": _slope(terms["conf_z"][pos], row_mean[pos]),
-                "ucas/corr_conf_len": _corr(terms["conf_z"], length),
+                "ucas/corr_conf_len": pearson(terms["conf_z"], length),
                 "ucas/frac_clamped": float(masked_mean((shaped == 0).double(), m & rows["pos"][:, None]))})  # u <= 0
     ctx.log(**out)
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from ..baselines import broadcast
-from ..core import group_advantages, group_mean_std
+from ..core import group_advantages, group_mean_std, pearson
 from ..registry import Recipe, check_range, register, register_recipe
 from ..rollout import policy_forward
 
@@ -148,13 +148,6 @@ def rank_statistics(policy, batch, cfg: EffectiveRankConfig) -> dict[str, torch.
     er = E.gather(1, (valid.sum(1, keepdim=True) - 1).clamp_min(0)).squeeze(1)   # the full response
     er = torch.where(n > 0, er, torch.zeros_like(er))
     return {"er": er, "er_norm": length_normalised(er, n, H.shape[-1]), "erv": erv, "era": era, "length": n.double()}
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation of two [B] vectors; NaN when either is constant or B < 2."""
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    den = float((x.square().sum() * y.square().sum()).sqrt())
-    return float((x * y).sum()) / den if den > 0 else float("nan")
 
 
 # ------------------------------------------------------------------ advantage shaping (reconstruction)
