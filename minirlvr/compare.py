@@ -92,6 +92,17 @@ def summarize(runs: dict[str, list], k: int, leash: dict[str, list] | None = Non
     return rows
 
 
+def seed_stats(hists: list[list[dict]], key: str, last: int | None = None) -> tuple[float, float]:
+    """(mean, std) over seeds of one number per run: the mean of the run's last `last` logged values of `key`
+    (None: its final logged value; a large `last` averages the whole run). NaN if no run logged `key`."""
+    vals = []
+    for hist in hists:
+        series = [h[key] for h in hist if key in h]
+        if series:
+            vals.append(series[-1] if last is None else float(np.mean(series[-last:])))
+    return (float(np.mean(vals)), float(np.std(vals))) if vals else (float("nan"), 0.0)
+
+
 def final_pass_at_k(hists: list[list[dict]], k: int, step: int | None = None):
     """(ks, mean, std) of pass@1..k at the last evaluated step (or at `step`, e.g. 0 for the base)."""
     per_seed = []

@@ -637,3 +637,14 @@ def test_problem_distribution_errors(bad, message):
 def test_unknown_level_lists_the_valid_ones(tmp_path, tiny_ckpt):
     with pytest.raises(ValueError, match=r"difficulty \(1, 9\) is not valid for task 'addition'; valid difficulties"):
         train(small(tmp_path, tiny_ckpt, difficulty=(1, 9)))
+
+
+def test_seed_stats_averages_each_run_then_the_seeds():
+    from minirlvr.compare import seed_stats
+    runs = [[{"step": 0, "a": 9.0}, {"step": 1, "a": 1.0, "b": 5.0}, {"step": 2, "a": 3.0}],
+            [{"step": 1, "a": 5.0}, {"step": 2, "a": 7.0}]]
+    assert seed_stats(runs, "a") == (5.0, 2.0)                       # final values 3 and 7
+    assert seed_stats(runs, "a", last=2) == (4.0, 2.0)               # (1+3)/2 and (5+7)/2
+    assert seed_stats(runs, "b") == (5.0, 0.0)                       # a run without the key is left out
+    m, s = seed_stats(runs, "missing")
+    assert math.isnan(m) and s == 0.0

@@ -109,7 +109,8 @@ print(f"lambda_min = lambda_max = 1: loss {float(l_one.detach()):+.4e} vs DAPO {
 # mean sampled-token entropy of successive rollouts.
 
 # %%
-from minirlvr.compare import format_summary, run_compare
+from minirlvr.compare import format_summary, run_compare, seed_stats
+ALL = 10 ** 6   # seed_stats(..., ALL): the mean over the whole run
 from minirlvr.plots import curve, plot_curves
 from minirlvr.trainer import TrainConfig
 
@@ -148,16 +149,12 @@ for a in ax:
 fig.tight_layout()
 
 # %%
-def stats(hists, key, last=None):
-    vals = [np.mean([h[key] for h in hist if key in h][-last:] if last else [h[key] for h in hist if key in h])
-            for hist in hists]
-    return np.mean(vals), np.std(vals)
-
 print(f"{'recipe':<15}{'std dH/step':>14}{'entropy (last 10)':>20}{'clip hi':>10}{'clip lo':>10}{'w_mean':>9}{'corr(dH_pred, dH)':>20}")
 for recipe, hists in runs.items():
     sd = [np.std([h["delta_entropy"] for h in hist if "delta_entropy" in h]) for hist in hists]
-    ent, hi, lo = stats(hists, "entropy", 10), stats(hists, "clipfrac_high"), stats(hists, "clipfrac_low")
-    wm = stats(hists, "w_mean") if any("w_mean" in h for h in hists[0]) else (float("nan"), 0.0)
+    ent, hi, lo = (seed_stats(hists, "entropy", 10), seed_stats(hists, "clipfrac_high", ALL),
+                   seed_stats(hists, "clipfrac_low", ALL))
+    wm = seed_stats(hists, "w_mean", ALL)                  # NaN for DAPO: it has no weights
     corr = []
     for hist in hists:   # does the predicted entropy change of a step's updates track the measured next change?
         pairs = [(h["dH_pred"], n["delta_entropy"]) for h, n in zip(hist, hist[1:]) if "dH_pred" in h and "delta_entropy" in n]

@@ -200,7 +200,8 @@ print(f"loss PPO {float(l_ppo.detach()):+.6e}, gradient-preserving {float(l_gp.d
 # in the same regime (seq-mean-token-mean, 0.2 / 0.2) is shown as a reference.
 
 # %%
-from minirlvr.compare import format_summary, run_compare
+from minirlvr.compare import format_summary, run_compare, seed_stats
+ALL = 10 ** 6   # seed_stats(..., ALL): the mean over the whole run
 from minirlvr.plots import curve, plot_curves
 from minirlvr.trainer import TrainConfig
 
@@ -235,20 +236,12 @@ for a in ax:
 fig.tight_layout()
 
 # %%
-def final(hists, key, last=10):
-    vals = [np.mean([h[key] for h in hist if key in h][-last:]) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
-def eval_final(hists, key):
-    vals = [next(h[key] for h in reversed(hist) if key in h) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
 print(f"{'recipe':<16}{'entropy (last 10)':>19}{'greedy':>16}{'pass@8':>16}{'clip hi':>9}{'clip lo':>9}{'max grad norm':>15}")
 for recipe, hists in runs.items():
-    e, gr, p8 = final(hists, "entropy"), eval_final(hists, "eval/greedy_acc"), eval_final(hists, "eval/pass@8")
+    e, gr, p8 = seed_stats(hists, "entropy", 10), seed_stats(hists, "eval/greedy_acc"), seed_stats(hists, "eval/pass@8")
     gmax = np.mean([max(h["grad_norm"] for h in hist if "grad_norm" in h) for hist in hists])
     print(f"{recipe:<16}{e[0]:10.3f} ± {e[1]:.3f}{gr[0]:9.3f} ± {gr[1]:.3f}{p8[0]:9.3f} ± {p8[1]:.3f}"
-          f"{final(hists, 'clipfrac_high', 300)[0]:9.3f}{final(hists, 'clipfrac_low', 300)[0]:9.3f}{gmax:15.2f}")
+          f"{seed_stats(hists, 'clipfrac_high', ALL)[0]:9.3f}{seed_stats(hists, 'clipfrac_low', ALL)[0]:9.3f}{gmax:15.2f}")
 
 # %% [markdown]
 # ## 4 · Spurious rewards on the network
@@ -293,7 +286,7 @@ for setting, res in spur.items():
               for hist in hists]
         gmax = np.mean([max(h["grad_norm"] for h in hist if "grad_norm" in h) for hist in hists])
         print(f"{setting:<28}{recipe:<16}{np.mean(dH):+12.3f} ± {np.std(dH):.3f}{np.mean(dg):+9.3f} ± {np.std(dg):.3f}"
-              f"{final(hists, 'clipfrac_high', 300)[0]:9.3f}{final(hists, 'clipfrac_low', 300)[0]:9.3f}{gmax:10.2f}")
+              f"{seed_stats(hists, 'clipfrac_high', ALL)[0]:9.3f}{seed_stats(hists, 'clipfrac_low', ALL)[0]:9.3f}{gmax:10.2f}")
 
 # %% [markdown]
 # ## 5 · The policy cliff

@@ -104,7 +104,7 @@ print(f"beta = 0: loss {float(l_b0.detach()):+.4e} vs PPO {float(l_ppo.detach())
 # Both Lp-Reg settings were fixed before any comparison ran.
 
 # %%
-from minirlvr.compare import format_summary, run_compare
+from minirlvr.compare import format_summary, run_compare, seed_stats
 from minirlvr.plots import curve, plot_curves
 from minirlvr.trainer import TrainConfig
 
@@ -122,14 +122,10 @@ fig.axes[1].set_ylabel("mass on kept tokens with p <= 0.1 (sparks)")
 fig.axes[2].set_ylabel("mass on min-p-filtered tokens (noise)")
 
 # %%
-def last(hists, key, n=10):
-    vals = [np.mean([h[key] for h in hist if key in h][-n:]) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
 print(f"{'recipe':<24}{'entropy':>16}{'spark mass':>18}{'noise mass':>18}{'tokens regularised / step':>28}")
 for recipe, hists in result["runs"].items():
-    e, s, n = last(hists, "entropy"), last(hists, "proxy/spark_mass"), last(hists, "proxy/noise_mass")
-    reg = last(hists, "lpreg/n_reg", 10 ** 6) if any("lpreg/n_reg" in h for h in hists[0]) else (float("nan"), 0.0)
+    e, s, n = (seed_stats(hists, k, 10) for k in ("entropy", "proxy/spark_mass", "proxy/noise_mass"))
+    reg = seed_stats(hists, "lpreg/n_reg", 10 ** 6)      # mean over the run; NaN without Lp-Reg
     print(f"{recipe:<24}{e[0]:9.3f} ± {e[1]:.3f}{s[0]:11.4f} ± {s[1]:.4f}{n[0]:11.4f} ± {n[1]:.4f}{reg[0]:20.2f}")
 print("first step (all recipes start from the same base):",
       {k: round(float(np.mean([hist[1][k] for hists in result['runs'].values() for hist in hists])), 4)

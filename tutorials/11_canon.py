@@ -91,7 +91,7 @@ print(f"M -> -M (mu = 1): A changed in groups {changed}; groups with a tie acros
 # * `grpo` (the library recipe) as a reference, shared with tutorial 12.
 
 # %%
-from minirlvr.compare import format_summary, run_compare
+from minirlvr.compare import format_summary, run_compare, seed_stats
 from minirlvr.plots import curve, plot_curves
 from minirlvr.trainer import TrainConfig
 
@@ -109,18 +109,10 @@ fig.axes[3].set_ylabel("mean over groups of mu_hi - mu_lo")
 fig.axes[4].set_ylabel("share of groups with mu_hi > mu_lo")
 
 # %%
-def last(hists, key, n=10):
-    vals = [np.mean([h[key] for h in hist if key in h][-n:]) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
-def final(hists, key):
-    vals = [next(h[key] for h in reversed(hist) if key in h) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
 print(f"{'recipe':<20}{'entropy (last 10)':>19}{'greedy':>16}{'pass@1':>16}{'pass@8':>16}{'gap hi-lo (all steps)':>24}")
 for recipe, hists in result["runs"].items():
-    e, g1, p1, p8 = last(hists, "entropy"), final(hists, "eval/greedy_acc"), final(hists, "eval/pass@1"), final(hists, "eval/pass@8")
-    gap = last(hists, "canon/gap", 10 ** 6) if any("canon/gap" in h for h in hists[0]) else (float("nan"), 0.0)
+    e, g1, p1, p8 = (seed_stats(hists, "entropy", 10), *(seed_stats(hists, f"eval/{k}") for k in ("greedy_acc", "pass@1", "pass@8")))
+    gap = seed_stats(hists, "canon/gap", 10 ** 6)         # mean over the run; NaN for GRPO
     print(f"{recipe:<20}{e[0]:10.3f} ± {e[1]:.3f}{g1[0]:9.3f} ± {g1[1]:.3f}{p1[0]:9.3f} ± {p1[1]:.3f}"
           f"{p8[0]:9.3f} ± {p8[1]:.3f}{gap[0]:+15.4f} ± {gap[1]:.4f}")
 

@@ -93,7 +93,7 @@ print(f"all-equal groups: mean shaped advantage {float(t['shaped'][m & (t['adv']
 # `ucas` (both, official coefficients).
 
 # %%
-from minirlvr.compare import format_summary, run_compare
+from minirlvr.compare import format_summary, run_compare, seed_stats
 from minirlvr.plots import plot_curves
 from minirlvr.trainer import TrainConfig
 
@@ -111,20 +111,10 @@ fig.axes[3].set_ylabel("slope of mean Â on Ĉ (correct responses)")
 fig.axes[4].set_ylabel("corr(Ĉ, length within group)")
 
 # %%
-def last(hists, key, n=10):
-    vals = [np.mean([h[key] for h in hist if key in h][-n:]) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
-def final(hists, key):
-    vals = [next(h[key] for h in reversed(hist) if key in h) for hist in hists]
-    return np.mean(vals), np.std(vals)
-
 print(f"{'recipe':<14}{'entropy (last 10)':>19}{'greedy':>16}{'pass@1':>16}{'pass@8':>16}{'slope_pos':>18}{'corr(C,len)':>14}")
 for recipe, hists in result["runs"].items():
-    e, g1, p1, p8 = last(hists, "entropy"), final(hists, "eval/greedy_acc"), final(hists, "eval/pass@1"), final(hists, "eval/pass@8")
-    has = any("ucas/slope_pos" in h for h in hists[0])
-    sl = last(hists, "ucas/slope_pos", 10 ** 6) if has else (float("nan"), 0.0)
-    cl = last(hists, "ucas/corr_conf_len", 10 ** 6) if has else (float("nan"), 0.0)
+    e, g1, p1, p8 = (seed_stats(hists, "entropy", 10), *(seed_stats(hists, f"eval/{k}") for k in ("greedy_acc", "pass@1", "pass@8")))
+    sl, cl = seed_stats(hists, "ucas/slope_pos", 10 ** 6), seed_stats(hists, "ucas/corr_conf_len", 10 ** 6)
     print(f"{recipe:<14}{e[0]:10.3f} ± {e[1]:.3f}{g1[0]:9.3f} ± {g1[1]:.3f}{p1[0]:9.3f} ± {p1[1]:.3f}"
           f"{p8[0]:9.3f} ± {p8[1]:.3f}{sl[0]:+11.4f} ± {sl[1]:.4f}{cl[0]:+10.3f}")
 
