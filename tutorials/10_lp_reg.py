@@ -142,7 +142,7 @@ print("first step (all recipes start from the same base):",
 # * **With the paper's $\rho = 1\%$ Lp-Reg almost never acts here.** A base rollout has 235 negative tokens, so
 #   $k = 2$ and the code's $k > 1$ rule lets it run, but the two lowest-probability negative tokens are min-p
 #   *noise* (filtered, $q \approx -10^4$), so none passes $\ell < q$: 0 selected. Over training `lp_reg` regularised
-#   0.01 tokens per step. The toy-scaled $\rho = 5\%$ takes $k = 11$ and selects about 3 tokens per step (7 in the
+#   0.02 tokens per step. The toy-scaled $\rho = 5\%$ takes $k = 11$ and selects about 3 tokens per step (7 in the
 #   base batch, at probabilities 0.02-0.08, each ~1% below its proxy).
 # * **Nothing to protect in this regime.** The spark mass (kept tokens with $\pi \le 0.1$) falls only from 0.0215
 #   to 0.0195 ± 0.0006 under GRPO; Lp-Reg keeps 0.0202 ± 0.0009, $\rho = 5\%$ 0.0195 ± 0.0013, the entropy bonus
