@@ -351,4 +351,4 @@ for alpha in (0.1, 0.5):
 #   ordering reproduces but the entropy decrease under random rewards does not (entropy rises). BAPO: not
 #   reproduced for entropy, partly for accuracy (vs PPO 0.2 only). Agentic AEPO (update half): not reproduced.
 #   Policy cliff: the theory checks hold (no training claim). Every recipe had clipping to act on: the upper
-#   bound bound on 1.5-2.2% and the lower on 3.9-4.3% of tokens per step.
+#   bound binds on 1.5-2.2% and the lower on 3.9-4.3% of tokens per step.
