@@ -49,6 +49,13 @@ def gradient_is_zero(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, cl
     return ((adv > 0) & (ratio > 1 + clip_high)) | ((adv < 0) & (ratio < 1 - clip_low))
 
 
+def softmax_fisher(z: torch.Tensor) -> torch.Tensor:
+    """F(pi) = diag(pi) - pi pi^T, pi = softmax(z): the Fisher matrix of softmax logits, which is also the
+    Jacobian d pi / d z (symmetric PSD, rows sum to 0, eigenvalues in [0, 1/2]). [V] -> [V, V]."""
+    pi = torch.softmax(z, dim=-1)
+    return torch.diag(pi) - torch.outer(pi, pi)
+
+
 def expected_direction(z: torch.Tensor, A: torch.Tensor, kind: str = "pg", mask: torch.Tensor | None = None):
     """The expected update direction of the logits (module docstring): PG pi (AX - E_pi AX) or NPG AX - E_pi AX.
     z, A, mask [..., V] -> [..., V]. mask None: X = 1."""

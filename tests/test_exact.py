@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from minirlvr.core import entropy_from_logits, policy_covariance
 from minirlvr.exact import (clipped_surrogate, clipped_surrogate_grad_logits, expected_direction,
-                            first_order_entropy_change, gradient_is_zero, simulate_bandit, softmax_bandit_step)
+                            first_order_entropy_change, gradient_is_zero, simulate_bandit, softmax_bandit_step, softmax_fisher)
 
 f64 = dict(dtype=torch.float64)
 
@@ -47,7 +47,8 @@ def test_pg_direction_is_the_gradient_of_the_expected_advantage_and_its_enumerat
 def test_npg_direction_is_the_fisher_preimage_of_pg(b):
     z, A, X = b
     pi = torch.softmax(z, -1)
-    fisher = torch.diag(pi) - torch.outer(pi, pi)
+    fisher = softmax_fisher(z)
+    torch.testing.assert_close(fisher, torch.autograd.functional.jacobian(lambda x: torch.softmax(x, -1), z))
     npg = expected_direction(z, A, "npg", X)
     torch.testing.assert_close(fisher @ npg, expected_direction(z, A, "pg", X), rtol=1e-12, atol=1e-14)
     assert abs(float((pi * npg).sum())) < 1e-12                                  # centred under pi

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..core import entropy_from_logits
+from ..exact import softmax_fisher
 
 PAPER = "Xu 2025, The Policy Cliff: A Theoretical Analysis of Reward-Policy Maps in LLMs, arXiv 2507.20150"
 
@@ -69,8 +70,7 @@ def softmax_jacobian(r, alpha: float) -> torch.Tensor:
     """d pi_alpha / d r = (diag(pi) - pi pi^T) / alpha, [V] -> [V, V] (alpha > 0)."""
     if not alpha > 0:
         raise ValueError(f"the Jacobian needs alpha > 0, got {alpha}")
-    pi = soft_optimal(r, alpha)
-    return (torch.diag(pi) - torch.outer(pi, pi)) / alpha
+    return softmax_fisher(_logits(r, alpha)) / alpha      # d softmax(z)/dz at z = r / alpha, times dz/dr = 1/alpha
 
 
 def lipschitz_bound(r, r_prime, alpha: float) -> float:
