@@ -43,12 +43,12 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys=("entropy", "eval/greedy
     """One panel per metric, one line per label (mean over seeds, band = +-1 std)."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, hists in runs.items():
+        for i, (label, hists) in enumerate(runs.items()):
             steps, mean, std = curve(hists, key)
-            if len(steps) == 0:
+            if len(steps) == 0:   # a recipe that does not log this key; its colour stays its own in every panel
                 continue
-            line, = ax.plot(steps, mean, label=f"{label} (n={len(hists)})")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.plot(steps, mean, color=f"C{i % 10}", label=f"{label} (n={len(hists)})")
+            ax.fill_between(steps, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
         ax.set_xlabel("RL step")
         ax.set_ylabel(axis_label(key))
         ax.grid(alpha=0.3)

@@ -648,3 +648,14 @@ def test_seed_stats_averages_each_run_then_the_seeds():
     assert seed_stats(runs, "b") == (5.0, 0.0)                       # a run without the key is left out
     m, s = seed_stats(runs, "missing")
     assert math.isnan(m) and s == 0.0
+
+
+def test_plot_curves_keeps_each_recipe_colour_when_another_lacks_a_key():
+    import matplotlib
+    matplotlib.use("Agg")
+    from minirlvr.plots import plot_curves
+    runs = {"a": [[{"step": 1, "x": 1.0}, {"step": 2, "x": 2.0}]],
+            "b": [[{"step": 1, "x": 0.5, "y": 1.0}, {"step": 2, "x": 0.7, "y": 2.0}]]}
+    fig = plot_curves(runs, keys=("x", "y"))
+    colour = {ln.get_label(): ln.get_color() for ln in fig.axes[0].lines}
+    assert [ln.get_color() for ln in fig.axes[1].lines] == [colour["b (n=1)"]]   # "a" has no "y"
