@@ -61,7 +61,7 @@ def length_stats(response_mask: torch.Tensor, truncated: torch.Tensor | None = N
 def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: int) -> dict[str, float]:
     """Greedy accuracy, pass@1..k at temperature 1 from k samples per problem (unbiased), and the
     mean token entropy of those samples. The same `seed` gives the same samples. When the problems
-    span several difficulty levels, also greedy_acc@d{level} and pass@1@d{level} per level."""
+    span several difficulty levels, also greedy_acc@d{level}, pass@1@d{level} and pass@k@d{level} per level."""
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     batch = sample(policy, problems, k, max_new_tokens, temperature=1.0, generator=gen)
     correct = torch.tensor([task.reward(p, t) for p, t in zip(batch.problems, batch.texts)]) > 0.5
@@ -78,6 +78,8 @@ def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: i
             rows = sample_level == d
             out[f"greedy_acc@d{d}"] = float(greedy_ok[[p.difficulty == d for p in greedy.problems]].mean())
             out[f"pass@1@d{d}"] = pass_at_k_groups(correct[rows], batch.group_ids.cpu()[rows], 1)
+            if k > 1:
+                out[f"pass@{k}@d{d}"] = pass_at_k_groups(correct[rows], batch.group_ids.cpu()[rows], k)
     return out
 
 

@@ -109,7 +109,7 @@ def test_length_stats_and_accuracy():
 
 
 def test_evaluate_policy_breaks_down_by_difficulty():
-    """With problems of several levels, greedy_acc@d{level} and pass@1@d{level} per level; with one level,
+    """With problems of several levels, greedy_acc@d{level}, pass@1@d{level} and pass@k@d{level} per level; with one level,
     exactly the keys of before (no breakdown)."""
     from types import SimpleNamespace
     from minirlvr.metrics import evaluate_policy
@@ -123,5 +123,6 @@ def test_evaluate_policy_breaks_down_by_difficulty():
     ev = evaluate_policy(model, task, probs, 2, 4, seed=0)
     assert ev["greedy_acc"] == pytest.approx(3 / 5)
     assert (ev["greedy_acc@d1"], ev["greedy_acc@d2"], ev["pass@1@d1"], ev["pass@1@d2"]) == (1.0, 0.0, 1.0, 0.0)
+    assert (ev["pass@2@d1"], ev["pass@2@d2"]) == (1.0, 0.0)          # pass@k per level too (k = 2 here)
     one = evaluate_policy(model, task, probs[:3], 2, 4, seed=0)
     assert sorted(one) == ["entropy", "greedy_acc", "pass@1", "pass@2"]
