@@ -62,14 +62,13 @@ are canonical, and of the other 80 first spans 76 are mis-copied operands, 4 ano
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Iterable
 
 import torch
 
 from ..baselines import GRPOAdvantageConfig, grpo_advantage
-from ..core import masked_mean
+from ..core import empirical_entropy, masked_mean
 from ..registry import Recipe, check_range, register, register_recipe
 from ..segments import PLAN_OPEN, plan_mask
 from ..tokenizer import VOCAB
@@ -131,10 +130,9 @@ def plan_spans(response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[
 
 
 def semantic_entropy(items: Iterable[Hashable]) -> float:
-    """H = -sum_s f(s) ln f(s) over the distinct items' shares (nats); 0 for no items."""
-    counts = Counter(items)
-    n = sum(counts.values())
-    return -sum(c / n * math.log(c / n) for c in counts.values()) if n else 0.0
+    """H = -sum_s f(s) ln f(s) over the distinct items' shares (nats; core.empirical_entropy); 0 for no items."""
+    items = list(items)
+    return empirical_entropy(items) if items else 0.0
 
 
 def group_semantic_entropy(spans: list[list[str]], group_ids, first_only: bool = False) -> float:
