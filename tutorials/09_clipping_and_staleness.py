@@ -231,6 +231,12 @@ ax[1].plot(s, m, label=r"$\rho$ after the search")
 for recipe in ("agentic_aepo", "aepo_clip_only"):
     s, m, _ = curve(runs[recipe], "frac_pos_above_clip")
     ax[2].plot(s, m, label=recipe)
+for key in ("c_high", "c_low", "rho_before", "rho_after"):
+    m, sd = seed_stats(runs["bapo"], key, ALL)
+    print(f"BAPO {key:<11} mean over the run {m:.3f} ± {sd:.3f}")
+for recipe in ("agentic_aepo", "aepo_clip_only"):
+    m, sd = seed_stats(runs[recipe], "frac_pos_above_clip", ALL)
+    print(f"{recipe}: share of A > 0 tokens above 1 + eps_h (they carry gradient) {m:.3f} ± {sd:.3f}")
 ax[0].set_ylabel("searched bound (mean of the step's minibatches)"); ax[1].set_ylabel("positive share")
 ax[2].set_ylabel("share of tokens with A > 0 above 1 + eps_h")
 for a in ax:
@@ -339,13 +345,13 @@ for alpha in (0.1, 0.5):
 #   (low-only), -0.029 ± 0.016 (high-only), -0.036 ± 0.089 (no clip) after 100 steps, and the largest gradient norm
 #   is 9.4 with the symmetric clip vs 29.2 without.
 # * **BAPO (vs fixed clips, same regime): accuracy like clip-higher, entropy not kept.** The search sets
-#   $c_{high} \approx 1.8$ and $c_{low} \approx 0.73$ on average and lifts the positive share from ~0.50-0.55 to ~0.52-0.57.
+#   $c_{high}$ = 1.826 ± 0.015 and $c_{low}$ = 0.735 ± 0.001 (run means) and lifts the positive share from 0.521 to 0.538.
 #   Final sample entropy (last 10 steps) 0.101 ± 0.005 (BAPO) vs 0.104 ± 0.007 (PPO 0.2) and 0.113 ± 0.005
 #   (clip-higher 0.28); greedy 0.771 ± 0.039 vs 0.664 ± 0.093 and 0.794 ± 0.049; pass@8 0.888 ± 0.026 vs 0.807 ±
 #   0.058 and 0.867 ± 0.036; largest gradient norm 21.7 vs 22.8 and 15.0. Better than symmetric PPO on accuracy
 #   (about one combined std), equal to clip-higher; the paper's "higher entropy, fewer gradient spikes" does not
 #   show.
-# * **AEPO's update half: no gain here.** 5% of the positive tokens per step sit above $1 + \epsilon_h$ and now carry
+# * **AEPO's update half: no gain here.** 5.1 ± 0.2% of the positive tokens per step sit above $1 + \epsilon_h$ and now carry
 #   gradient; entropy 0.110 ± 0.010 vs 0.113 ± 0.005 (DAPO), greedy 0.740 ± 0.039 vs 0.794 ± 0.049, pass@8 0.844 ±
 #   0.028 vs 0.867 ± 0.036, and larger gradient spikes (36 vs 15). Each half alone: entropy 0.110 ± 0.005
 #   (advantage scaling) and 0.104 ± 0.004 (gradient-preserving clip), greedy 0.760 ± 0.010 and 0.763 ± 0.053,

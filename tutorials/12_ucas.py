@@ -118,6 +118,11 @@ for recipe, hists in result["runs"].items():
     print(f"{recipe:<14}{e[0]:10.3f} ± {e[1]:.3f}{g1[0]:9.3f} ± {g1[1]:.3f}{p1[0]:9.3f} ± {p1[1]:.3f}"
           f"{p8[0]:9.3f} ± {p8[1]:.3f}{sl[0]:+11.4f} ± {sl[1]:.4f}{cl[0]:+10.3f}")
 
+# %%
+for recipe in ("ucas", "ucas_stage2"):
+    m, sd = seed_stats(result["runs"][recipe], "ucas/adv_zero", 10 ** 6)
+    print(f"{recipe}: mean shaped advantage of all-equal groups over training {m:+.4f} ± {sd:.4f}")
+
 # %% [markdown]
 # ## What we saw
 #
@@ -125,7 +130,7 @@ for recipe, hists in result["runs"].items():
 # 16 x 8, 4 minibatches); final values, mean ± std over seeds.
 #
 # * **The exact claims hold.** $c = \mathrm{KL}(U\|\pi) + \log V$ to 2e-15; with $\beta^\pm = \gamma = 0$ UCAS is GRPO exactly;
-#   all-equal groups get a small negative advantage (-0.039 on average in the base batch, -0.038 over training).
+#   all-equal groups get a small negative advantage (-0.039 on average in the base batch, -0.0379 ± 0.0002 over training).
 # * **The mechanism is visible.** On a base batch, $\hat A / A$ falls with confidence for correct responses and
 #   rises for wrong ones (left panel). Over training the slope of a correct response's mean $\hat A$ on $\hat C$ is
 #   -0.19 ± 0.01 (full) and -0.21 ± 0.02 (stage 1 alone), as the paper expects; stage 2 alone gives +0.03.
