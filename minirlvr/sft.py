@@ -109,6 +109,9 @@ BASE_RECIPES: dict[str, dict] = {
     "multiplication_scratchpad": dict(target_greedy=0.4),
     "countdown": dict(target_greedy=0.4),
     "chain": dict(target_greedy=0.3),
+    "chain_orders": dict(target_greedy=0.3),  # chain's rule, fixed before the base was built
+    # the verbose base is mixed-difficulty from the start (length AND difficulty spread), same rule as above
+    "addition_verbose": dict(difficulty=(1, 2, 3), target_greedy=0.4, max_steps=8000),
     "addition_mixed": dict(task="addition", difficulty=(1, 2, 3), target_greedy=0.4, max_steps=8000),
     "multiplication_mixed": dict(task="multiplication", difficulty=(1, 2), target_greedy=0.4, max_steps=8000),
 }
@@ -220,7 +223,8 @@ def pretrain(cfg: SFTConfig, out_path: str | None = None, device: str = "cpu", p
     mixture = mixture_of(task)  # the levels as listed; `training` is the part of it still below target
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = GPT(GPTConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)).to(device)
+    model = GPT(GPTConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                          context=task.context)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     select = {d: task.sample(cfg.select_problems, np.random.default_rng(SELECT_SEED), split="test", difficulty=d)
               for d in dict.fromkeys(mixture)}

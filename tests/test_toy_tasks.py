@@ -17,11 +17,12 @@ from toy_tasks import TASKS, Problem, Task, get_task
 from toy_tasks.base import parse_expression, to_text
 from toy_tasks.countdown import COUNTDOWN, check_expression, reachable, solutions
 
-CONTEXT = 96  # BOS + prompt + completion + EOS must fit
+CONTEXT = 96  # BOS + prompt + completion + EOS must fit (a task may declare a longer context)
 EXPECTED_TASKS = {
-    "addition", "addition_scratchpad", "multiplication", "multiplication_scratchpad", "countdown", "chain",
+    "addition", "addition_scratchpad", "addition_verbose", "multiplication", "multiplication_scratchpad", "countdown", "chain",
+    "chain_orders",
 }
-THINKING_TASKS = {"addition_scratchpad", "multiplication_scratchpad", "chain"}
+THINKING_TASKS = {"addition_scratchpad", "addition_verbose", "multiplication_scratchpad", "chain", "chain_orders"}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # One fixed problem per task (a realistic one, so the verifier does real work).
@@ -179,10 +180,10 @@ def check_demo(task: Task, problem: Problem, demo: str) -> None:
     assert task.reward(problem, demo) == 1.0, (problem.prompt, demo)
     assert task.final_answer(demo) == problem.answer
     n_tokens = len(encode(problem.prompt, bos=True) + encode(demo, eos=True))
-    assert n_tokens <= CONTEXT, (problem.prompt, demo)
+    assert n_tokens <= task.context and task.context == (128 if task.name == "addition_verbose" else CONTEXT)
     assert len(demo) + 1 <= task.max_new_tokens, (task.name, demo)
     # Generation never runs past the context: BOS + prompt + max_new_tokens fits.
-    assert 1 + len(problem.prompt) + task.max_new_tokens <= CONTEXT
+    assert 1 + len(problem.prompt) + task.max_new_tokens <= task.context
     if task.name in THINKING_TASKS:  # one "#" separates thinking from answer
         assert demo.count("#") == 1 and demo.endswith("#" + problem.answer)
     else:
@@ -295,6 +296,78 @@ def test_chain_problems_and_steps():
             for a, o, b, v in steps:
                 assert ast_value(f"{a}{o}{b}") == int(v) and 0 <= int(v) <= 999
             assert steps[-1][3] == p.answer
+
+
+def replay_plan(expr: str, demo: str) -> bool:
+    """Independently check a chain completion: every step evaluates an operation of the current
+    expression whose operands are plain numbers (an innermost "a op b" that binds at its place), and
+    substituting its value leaves an expression of the same value; ends with "#answer"."""
+    steps = re.findall(r"\[([0-9]+)([-+*])([0-9]+)\]([0-9]+);", demo)
+    if "".join(f"[{a}{o}{b}]{v};" for a, o, b, v in steps) + f"#{ast_value(expr)}" != demo:
+        return False
+    for a, o, b, v in steps:
+        if ast_value(f"{a}{o}{b}") != int(v):
+            return False
+        # replace one occurrence of "a o b" that Python's parse tree evaluates as one node
+        for m in re.finditer(re.escape(f"{a}{o}{b}"), expr):
+            before, after = expr[:m.start()], expr[m.end():]
+            if (before and before[-1].isdigit()) or (after and after[0].isdigit()):
+                continue
+            new = before + v + after
+            new = re.sub(r"\(([0-9]+)\)", r"\1", new)  # "(7)" -> "7"
+            # the operation is a node of the tree iff replacing it keeps the value and shortens the tree by one op
+            if ast_value(new) == ast_value(expr) and sum(new.count(c) for c in "+-*") == sum(expr.count(c) for c in "+-*") - 1:
+                expr = new
+                break
+        else:
+            return False
+    return expr == str(ast_value(expr))
+
+
+def test_addition_verbose_is_the_scratchpad_with_removable_rechecks():
+    from toy_tasks.addition import recheck_count, verbose_scratchpad
+    verbose, pad, rng = TASKS["addition_verbose"], TASKS["addition_scratchpad"], np.random.default_rng(0)
+    assert verbose_scratchpad(23, 48, [1, 0]) == "3+8=1c1;?3+8=1c1;2+4+1=7;#71"
+    with pytest.raises(ValueError, match="one re-check count per column"):
+        verbose_scratchpad(23, 48, [1])
+    for d in verbose.difficulties:
+        assert [p.prompt for p in verbose.sample(40, np.random.default_rng(d), difficulty=d)] == \
+            [p.prompt for p in pad.sample(40, np.random.default_rng(d), difficulty=d)]
+        for p in verbose.sample(40, rng, difficulty=d):
+            base = pad.demonstration(p, rng)
+            demos = [verbose.demonstration(p, rng) for _ in range(60)]
+            for demo in demos:
+                steps = demo.split(";")
+                # removing the "?" steps gives the plain scratchpad; each "?" step repeats the step before it
+                assert ";".join(x for x in steps if not x.startswith("?")) == base
+                assert all(not x.startswith("?") or x[1:] == steps[i - 1].lstrip("?") for i, x in enumerate(steps))
+                assert 0 <= recheck_count(demo) <= 2 * d and len(base) <= len(demo) < 3 * len(base)
+                assert verbose.reward(p, demo) == 1.0
+            assert len({recheck_count(x) for x in demos}) > 1  # the length really varies per problem
+    assert recheck_count("?;?x") == 2 and recheck_count("") == 0
+
+
+def test_chain_orders_same_problems_any_valid_order():
+    from toy_tasks.chain import valid_plans
+    chain, orders, rng = TASKS["chain"], TASKS["chain_orders"], np.random.default_rng(0)
+    assert [p.prompt for p in orders.sample(50, np.random.default_rng(3))] == \
+        [p.prompt for p in chain.sample(50, np.random.default_rng(3))]
+    p = orders.make_problem("2*3+4*5")
+    assert {orders.demonstration(p, rng) for _ in range(40)} == valid_plans(parse_expression("2*3+4*5")) == {
+        "[2*3]6;[4*5]20;[6+20]26;#26", "[4*5]20;[2*3]6;[6+20]26;#26"}
+    assert valid_plans(parse_expression("(3+4)*2-5")) == {"[3+4]7;[7*2]14;[14-5]9;#9"}  # one order only
+    multi = 0
+    for d in orders.difficulties:
+        for q in orders.sample(60, rng, difficulty=d):
+            plans = valid_plans(parse_expression(q.data[0]))
+            multi += len(plans) > 1
+            assert chain.demonstration(q, rng) in plans  # the leftmost-ready order is one of them
+            for demo in plans:
+                assert replay_plan(q.data[0], demo), (q.prompt, demo)
+                assert orders.reward(q, demo) == chain.reward(q, demo) == 1.0
+            assert orders.demonstration(q, rng) in plans
+    assert multi > 20  # many prompts have a choice of plan
+    assert not replay_plan("1+2*3", "[1+2]3;[3*3]9;#7") and not replay_plan("2*3+4*5", "[3+4]7;[6+20]26;#26")
 
 
 # ---------------------------------------------------------------------------
@@ -488,7 +561,9 @@ def test_determinism(name):
 SPLIT_DIGESTS = {
     "addition": "1c54046b10d9549e",
     "addition_scratchpad": "1c54046b10d9549e",
+    "addition_verbose": "b242bd4f5f4fa216",  # levels 1-3 only; same problems as addition's (tested below)
     "chain": "43acca00d9eeffa8",
+    "chain_orders": "43acca00d9eeffa8",  # chain's problems and splits exactly
     "countdown": "908d7880935ac331",
     "multiplication": "97f15f06e6b65d66",
     "multiplication_scratchpad": "97f15f06e6b65d66",

@@ -17,6 +17,16 @@ A step is "x+y[+1]=d[c1];": the two digits of the column, "+1" only when a
 carry comes in, the result digit, "c1" only when a carry goes out. The last
 step's carry-out is the answer's leading 1. Reward checks only the final
 answer: the text after the last "#" must be exactly the canonical answer.
+
+Verbose scratchpad ("addition_verbose", 1..3 digits): the scratchpad with optional
+RE-CHECK steps: after each column step, the demonstration repeats it 0, 1 or 2 times
+(uniformly at random, per column), each repeat prefixed with "?":
+
+    23+48=  ->  "3+8=1c1;?3+8=1c1;2+4+1=7;#71"   (one of 9 demonstrations)
+
+so one problem is solved in 1x to ~3x as many tokens, and the length is removable:
+the re-checks add nothing (the reward is the same final-answer check). It is the
+task for length / token-efficiency methods; `recheck_count` counts the "?" steps.
 """
 from __future__ import annotations
 
@@ -49,9 +59,25 @@ def scratchpad(a: int, b: int) -> str:
     return "".join(steps) + f"#{a + b}"
 
 
+def verbose_scratchpad(a: int, b: int, rechecks: list[int]) -> str:
+    """The scratchpad of (a, b) with column k's step repeated rechecks[k] more times, each repeat
+    prefixed by "?": (23, 48, [1, 0]) -> "3+8=1c1;?3+8=1c1;2+4+1=7;#71"."""
+    *steps, answer = scratchpad(a, b).split(";")
+    if len(rechecks) != len(steps):
+        raise ValueError(f"one re-check count per column: {len(steps)} columns, got {rechecks!r}")
+    return "".join(f"{step};" + f"?{step};" * k for step, k in zip(steps, rechecks)) + answer
+
+
+def recheck_count(completion: str) -> int:
+    """Number of re-check steps ("?"-prefixed) in a completion (any string)."""
+    check_str(completion)
+    return completion.count("?")
+
+
 @dataclass
 class AdditionTask(Task):
     scratchpad: bool = False
+    max_rechecks: int = 0   # verbose: each column step is repeated 0..max_rechecks times (uniform)
 
     def make_problem(self, a: int, b: int) -> Problem:
         """The problem "a+b=" (difficulty = number of digits of the longer operand)."""
@@ -72,6 +98,9 @@ class AdditionTask(Task):
 
     def demonstration(self, problem: Problem, rng: np.random.Generator) -> str:
         a, b = problem.data
+        if self.max_rechecks:
+            n_columns = max(len(str(a)), len(str(b)))
+            return verbose_scratchpad(a, b, [int(k) for k in rng.integers(0, self.max_rechecks + 1, size=n_columns)])
         return scratchpad(a, b) if self.scratchpad else str(a + b)
 
     def final_answer(self, completion: str) -> str | None:
@@ -79,9 +108,14 @@ class AdditionTask(Task):
         return answer_after_marker(completion) if self.scratchpad else parse_int(completion)
 
 
-def _max_completion_len(scratchpad_format: bool) -> int:
-    a = b = digit_range(max(DIFFICULTIES))[1]  # 99999+99999: every column carries
+def _max_completion_len(scratchpad_format: bool, max_rechecks: int = 0, difficulties=DIFFICULTIES) -> int:
+    a = b = digit_range(max(difficulties))[1]  # 99999+99999: every column carries
+    if max_rechecks:
+        return len(verbose_scratchpad(a, b, [max_rechecks] * max(difficulties)))
     return len(scratchpad(a, b)) if scratchpad_format else len(str(a + b))
+
+
+VERBOSE_DIFFICULTIES = (1, 2, 3)  # 3 digits with 2 re-checks per column is ~100 tokens
 
 
 ADDITION = AdditionTask(
@@ -97,4 +131,13 @@ ADDITION_SCRATCHPAD = AdditionTask(
     default_difficulty=2,
     difficulties=DIFFICULTIES,
     scratchpad=True,
+)
+ADDITION_VERBOSE = AdditionTask(
+    name="addition_verbose",
+    max_new_tokens=_max_completion_len(True, 2, VERBOSE_DIFFICULTIES) + 1 + SLACK,
+    default_difficulty=2,
+    difficulties=VERBOSE_DIFFICULTIES,
+    scratchpad=True,
+    max_rechecks=2,
+    context=128,  # "999+999=" + 100 new tokens does not fit the other bases' 96
 )

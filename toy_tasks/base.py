@@ -227,6 +227,7 @@ class Task:
     default_difficulty: int
     difficulties: tuple[int, ...]
     test_percent: int = TEST_PERCENT  # share (in %) of the canonical keys in the test split
+    context: int = 96            # model context (tokens) a base for this task needs: BOS + prompt + max_new_tokens
 
     def __post_init__(self):
         if isinstance(self.test_percent, bool) or not isinstance(self.test_percent, int) \

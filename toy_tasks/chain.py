@@ -15,6 +15,14 @@ left-associative), so "2*3+4*5" does 2*3 first, then 4*5, then 6+20.
 Every intermediate value (and the answer) is in 0..999; drawn expressions that
 violate that are rejected. Reward checks only the final answer: the text after
 the last "#" must be exactly the canonical answer.
+
+`chain_orders` is the same task (same prompts, splits, verifier) whose demonstrations
+evaluate a ready operation drawn uniformly at random at every step, instead of the
+leftmost one: "2*3+4*5=" is demonstrated as "[2*3]6;[4*5]20;[6+20]26;#26" or as
+"[4*5]20;[2*3]6;[6+20]26;#26". Under `chain` the plan is a function of the prompt, so a
+policy has no choice of plan to explore; under `chain_orders` every prompt with two
+independent sub-expressions has several correct plans (`valid_plans`), and a base
+trained on it spreads probability over them.
 """
 from __future__ import annotations
 
@@ -62,6 +70,42 @@ def _reduce_once(tree: tuple) -> tuple[Tree, tuple[int, str, int, int]]:
     return (op, left, new_right), step
 
 
+def _ready(tree: Tree, path: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    """Paths (1 = left child, 2 = right child) to every operation whose operands are both numbers,
+    left to right."""
+    if isinstance(tree, int):
+        return []
+    _, left, right = tree
+    if isinstance(left, int) and isinstance(right, int):
+        return [path]
+    return _ready(left, path + (1,)) + _ready(right, path + (2,))
+
+
+def _reduce_at(tree: tuple, path: tuple[int, ...]) -> tuple[Tree, tuple[int, str, int, int]]:
+    """Evaluate the ready operation at `path`; same return value as _reduce_once."""
+    op, left, right = tree
+    if not path:
+        value = _apply(op, left, right)
+        return value, (left, op, right, value)
+    if path[0] == 1:
+        new_left, step = _reduce_at(left, path[1:])
+        return (op, new_left, right), step
+    new_right, step = _reduce_at(right, path[1:])
+    return (op, left, new_right), step
+
+
+def valid_plans(tree: Tree) -> set[str]:
+    """Every correct completion of the tree, one per order of evaluation that only ever evaluates
+    ready operations (for "2*3+4*5" two; for a left-to-right chain one)."""
+    if isinstance(tree, int):
+        return {f"#{tree}"}
+    out = set()
+    for path in _ready(tree):
+        rest, (a, op, b, v) = _reduce_at(tree, path)
+        out |= {f"[{a}{op}{b}]{v};" + tail for tail in valid_plans(rest)}
+    return out
+
+
 def steps(tree: Tree) -> list[tuple[int, str, int, int]]:
     """Every step (a, op, b, value) in evaluation order; the last value is the answer."""
     out = []
@@ -88,6 +132,8 @@ def _random_tree(n_ops: int, rng: np.random.Generator) -> Tree:
 
 @dataclass
 class ChainTask(Task):
+    any_order: bool = False  # demonstrations: a random ready operation per step (chain_orders), not the leftmost
+
     def make_problem(self, expression: str) -> Problem:
         """The problem "<expression>="; ValueError unless it is a valid chain expression
         (single digits 1..9, + - * only, every intermediate value in 0..999)."""
@@ -112,7 +158,15 @@ class ChainTask(Task):
             return None
 
     def demonstration(self, problem: Problem, rng: np.random.Generator) -> str:
-        return demonstration_text(parse_expression(problem.data[0]))
+        tree = parse_expression(problem.data[0])
+        if not self.any_order:
+            return demonstration_text(tree)
+        text = ""
+        while not isinstance(tree, int):
+            ready = _ready(tree)
+            tree, (a, op, b, v) = _reduce_at(tree, ready[int(rng.integers(len(ready)))])
+            text += f"[{a}{op}{b}]{v};"
+        return text + f"#{tree}"
 
     def final_answer(self, completion: str) -> str | None:
         check_str(completion)
@@ -132,4 +186,12 @@ CHAIN = ChainTask(
     max_new_tokens=_max_completion_len() + 1 + SLACK,
     default_difficulty=3,
     difficulties=DIFFICULTIES,
+)
+# The same problems and splits (the key is chain's), demonstrated in random valid orders.
+CHAIN_ORDERS = ChainTask(
+    name="chain_orders",
+    max_new_tokens=_max_completion_len() + 1 + SLACK,
+    default_difficulty=3,
+    difficulties=DIFFICULTIES,
+    any_order=True,
 )
