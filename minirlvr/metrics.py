@@ -57,10 +57,37 @@ def length_stats(response_mask: torch.Tensor, truncated: torch.Tensor | None = N
     return out
 
 
+def efficiency_metrics(lengths: torch.Tensor, correct: torch.Tensor, truncated: torch.Tensor,
+                       budgets: tuple[int, ...] = ()) -> dict[str, float]:
+    """Token-efficiency of a set of sampled attempts: lengths [B] (tokens, EOS included), correct [B] (bool),
+    truncated [B] (bool: hit the length limit without EOS).
+
+      len_mean        mean tokens per attempt
+      len_correct     mean tokens of the correct attempts (nan if none)
+      truncation_rate share of attempts cut at the length limit
+      cost_of_pass    expected tokens spent to get one correct answer by independent attempts:
+                      len_mean / success rate (Kapoor et al.'s cost-of-pass in tokens; inf if no success)
+      acc@{b}tok      accuracy when an attempt longer than b tokens counts as wrong (a token budget)
+    Plotting len_mean against accuracy over runs gives the (length, accuracy) frontier (plots.plot_frontier).
+    """
+    lengths, correct, truncated = lengths.double().cpu(), correct.bool().cpu(), truncated.bool().cpu()
+    if lengths.numel() == 0:
+        raise ValueError("efficiency_metrics needs at least one attempt")
+    acc = float(correct.double().mean())
+    out = {"len_mean": float(lengths.mean()),
+           "len_correct": float(lengths[correct].mean()) if correct.any() else float("nan"),
+           "truncation_rate": float(truncated.double().mean()),
+           "cost_of_pass": float(lengths.mean()) / acc if acc > 0 else float("inf")}
+    for b in budgets:
+        out[f"acc@{b}tok"] = float((correct & (lengths <= b)).double().mean())
+    return out
+
+
 @torch.no_grad()
 def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: int) -> dict[str, float]:
-    """Greedy accuracy, pass@1..k at temperature 1 from k samples per problem (unbiased), and the
-    mean token entropy of those samples. The same `seed` gives the same samples. When the problems
+    """Greedy accuracy, pass@1..k at temperature 1 from k samples per problem (unbiased), the mean
+    token entropy of those samples and their token efficiency (`efficiency_metrics`, with budgets of a
+    quarter and a half of max_new_tokens). The same `seed` gives the same samples. When the problems
     span several difficulty levels, also greedy_acc@d{level}, pass@1@d{level} and pass@k@d{level} per level."""
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     batch = sample(policy, problems, k, max_new_tokens, temperature=1.0, generator=gen)
@@ -70,6 +97,8 @@ def evaluate_policy(policy, task, problems, k: int, max_new_tokens: int, seed: i
     for kk in range(1, k + 1):
         out[f"pass@{kk}"] = pass_at_k_groups(correct, batch.group_ids.cpu(), kk)
     out["entropy"] = entropy_stats(batch.old_entropy, batch.response_mask)["entropy"]
+    out.update(efficiency_metrics(batch.lengths, correct, batch.truncated,
+                                  budgets=(max(1, max_new_tokens // 4), max(1, max_new_tokens // 2))))
     levels = sorted({p.difficulty for p in problems})
     if len(levels) > 1:
         greedy_ok = np.array([task.reward(p, t) > 0.5 for p, t in zip(greedy.problems, greedy.texts)])

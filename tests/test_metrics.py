@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirlvr.metrics import accuracy, entropy_stats, length_stats, pass_at_k, pass_at_k_groups
@@ -125,4 +125,29 @@ def test_evaluate_policy_breaks_down_by_difficulty():
     assert (ev["greedy_acc@d1"], ev["greedy_acc@d2"], ev["pass@1@d1"], ev["pass@1@d2"]) == (1.0, 0.0, 1.0, 0.0)
     assert (ev["pass@2@d1"], ev["pass@2@d2"]) == (1.0, 0.0)          # pass@k per level too (k = 2 here)
     one = evaluate_policy(model, task, probs[:3], 2, 4, seed=0)
-    assert sorted(one) == ["entropy", "greedy_acc", "pass@1", "pass@2"]
+    assert sorted(one) == ["acc@1tok", "acc@2tok", "cost_of_pass", "entropy", "greedy_acc", "len_correct",
+                           "len_mean", "pass@1", "pass@2", "truncation_rate"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.booleans(), st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 30))
+def test_efficiency_metrics_against_plain_python(rows, budget):
+    from minirlvr.metrics import efficiency_metrics
+    lengths, correct, truncated = (torch.tensor([r[i] for r in rows]) for i in range(3))
+    out = efficiency_metrics(lengths, correct, truncated, budgets=(budget,))
+    n_ok = sum(c for _, c, _ in rows)
+    mean_len = sum(l for l, _, _ in rows) / len(rows)
+    assert out["len_mean"] == pytest.approx(mean_len)
+    assert out["truncation_rate"] == pytest.approx(sum(t for *_, t in rows) / len(rows))
+    assert out[f"acc@{budget}tok"] == pytest.approx(sum(c and l <= budget for l, c, _ in rows) / len(rows))
+    assert out[f"acc@{budget}tok"] <= n_ok / len(rows)  # a budget can only lose answers
+    if n_ok:
+        # cost-of-pass = tokens of all attempts / correct answers
+        assert out["cost_of_pass"] == pytest.approx(sum(l for l, _, _ in rows) / n_ok)
+        assert out["len_correct"] == pytest.approx(sum(l for l, c, _ in rows if c) / n_ok)
+        assert out["cost_of_pass"] >= out["len_mean"]
+    else:
+        assert out["cost_of_pass"] == float("inf") and math.isnan(out["len_correct"])
+    with pytest.raises(ValueError, match="at least one attempt"):
+        efficiency_metrics(torch.tensor([]), torch.tensor([]), torch.tensor([]))
