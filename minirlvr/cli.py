@@ -127,7 +127,7 @@ def cmd_train(a) -> None:
     steps_with_entropy = [h for h in hist if "entropy" in h]
     if steps_with_entropy:
         print(f"sample entropy : {steps_with_entropy[0]['entropy']:.3f} -> {steps_with_entropy[-1]['entropy']:.3f} nats")
-    for key in ("eval/greedy_acc", "eval/pass@1", f"eval/pass@{k}"):
+    for key in ("eval/greedy_acc", "eval/pass@1", f"eval/pass@{k}", "eval/len_mean", "eval/cost_of_pass"):
         if key in first:
             print(f"{key[5:]:<15}: {first[key]:.3f} -> {last[key]:.3f}  (step {first['step']} -> {last['step']})")
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from .trainer import TrainConfig, train
 
-SUMMARY_KEYS = ("entropy", "reward", "eval/greedy_acc", "eval/pass@1", "eval/entropy")
+SUMMARY_KEYS = ("entropy", "reward", "eval/greedy_acc", "eval/pass@1", "eval/entropy",
+                "eval/len_mean", "eval/cost_of_pass", "eval/truncation_rate")
 
 
 def run_compare(recipes: list[str], seeds: int, base: TrainConfig, out_dir: str, leash_n: int = 32) -> dict:
@@ -123,7 +124,7 @@ def leash_pass_at_k(metrics: list[dict], who: str):
 
 def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: str,
                   leash: dict[str, list] | None = None) -> None:
-    from .plots import plot_curves, plot_pass_at_k
+    from .plots import plot_curves, plot_frontier, plot_pass_at_k
     import matplotlib.pyplot as plt
     fig = plot_curves(runs, keys=("entropy", "eval/greedy_acc", f"eval/pass@{k}"),
                       path=os.path.join(out_dir, "curves.png"))
@@ -142,6 +143,9 @@ def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: s
         curves.update({r: final_pass_at_k(h, k) for r, h in runs.items()})
     fig = plot_pass_at_k(curves, path=os.path.join(out_dir, "pass_at_k.png"))
     plt.close(fig)
+    if any("eval/len_mean" in h for hists in runs.values() for hist in hists for h in hist):
+        fig = plot_frontier(runs, path=os.path.join(out_dir, "frontier.png"))
+        plt.close(fig)
     with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
@@ -151,6 +155,8 @@ def write_outputs(runs: dict[str, list], summary: list[dict], k: int, out_dir: s
 def format_summary(summary: list[dict], k: int) -> str:
     cols = [("entropy", "entropy"), ("eval/greedy_acc", "greedy acc"), ("eval/pass@1", "pass@1"),
             (f"eval/pass@{k}", f"pass@{k}")]
+    if all(np.isfinite(row.get("eval/len_mean_mean", np.nan)) for row in summary):  # token efficiency
+        cols += [("eval/len_mean", "tokens/attempt"), ("eval/cost_of_pass", "cost-of-pass")]
     n = next((key.split("@")[1].split("_")[0] for key in summary[0] if key.startswith("support/srr@")), None)
     if n:
         cols += [(f"rl/pass@{n}", f"pass@{n}"), (f"support/srr@{n}", f"SRR@{n}"), (f"support/nscr@{n}", f"NSCR@{n}")]

@@ -79,3 +79,37 @@ def plot_pass_at_k(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     if path:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def plot_frontier(runs: dict[str, list[list[dict]]], x: str = "eval/len_mean", y: str = "eval/pass@1",
+                  path: str | None = None, title: str = "length vs accuracy (final evaluation)"):
+    """The (length, accuracy) frontier: one small dot per run at its final evaluation, a large marker with
+    +-1 std error bars per recipe (mean over seeds), and the base (step-0 evaluation) as a black cross."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    base = []
+    for i, (label, hists) in enumerate(runs.items()):
+        pts = []
+        for hist in hists:
+            evals = [h for h in hist if x in h and y in h]
+            if evals:
+                pts.append((evals[-1][x], evals[-1][y]))
+                if evals[0]["step"] == 0:
+                    base.append((evals[0][x], evals[0][y]))
+        if not pts:
+            continue
+        pts = np.array(pts)
+        ax.scatter(pts[:, 0], pts[:, 1], s=10, color=f"C{i % 10}", alpha=0.5)
+        ax.errorbar(pts[:, 0].mean(), pts[:, 1].mean(), xerr=pts[:, 0].std(), yerr=pts[:, 1].std(), fmt="o",
+                    ms=7, color=f"C{i % 10}", label=f"{label} (n={len(pts)})")
+    if base:
+        b = np.array(base).mean(0)
+        ax.scatter([b[0]], [b[1]], marker="x", s=60, color="k", label="base")
+    ax.set_xlabel(axis_label(x) if x != "eval/len_mean" else "held-out tokens per attempt (T=1)")
+    ax.set_ylabel(axis_label(y))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -64,9 +64,13 @@ def test_train_and_compare_write_their_outputs(tmp_path, tiny_ckpt, capsys):
     run = tmp_path / "t" / "grpo_addition_s0"
     assert {"metrics.jsonl", "curves.png", "policy.pt", "config.json"} <= set(os.listdir(run))
     assert main(["compare", "--recipes", "grpo,dr_grpo", "--seeds", "2", "--out", str(tmp_path / "c"), *common]) == 0
-    assert {"curves.png", "pass_at_k.png", "summary.csv"} <= set(os.listdir(tmp_path / "c"))
+    assert {"curves.png", "pass_at_k.png", "summary.csv", "frontier.png"} <= set(os.listdir(tmp_path / "c"))
     out = capsys.readouterr().out
     assert "grpo" in out and "dr_grpo" in out
+    assert "len_mean" in out and "tokens/attempt" in out and "cost-of-pass" in out  # efficiency columns
+    with open(tmp_path / "c" / "summary.csv") as f:
+        header = f.readline()
+    assert all(k in header for k in ("eval/len_mean_mean", "eval/cost_of_pass_mean", "eval/truncation_rate_mean"))
 
 
 def test_unset_flags_leave_the_recipe_settings_and_explicit_flags_win(tmp_path, tiny_ckpt, capsys):
