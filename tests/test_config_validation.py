@@ -23,6 +23,7 @@ from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.empg import EmpgConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.hicra import HicraConfig
+from minirlvr.methods.implicit_prm import ImplicitPRMRewardConfig, PrimeConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.riskpo import RiskpoConfig
 from minirlvr.methods.siren import SirenConfig
@@ -91,6 +92,10 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (CanonConfig, "b", -INF, INF, False, False),
     (HicraConfig, "eps", 0.0, INF, True, False),
     (HicraConfig, "alpha", 0.0, 1.0, False, False),
+    (ImplicitPRMRewardConfig, "beta", 0.0, INF, True, False),
+    (PrimeConfig, "dense_coef", 0.0, INF, False, False),
+    (PrimeConfig, "outcome_coef", 0.0, INF, False, False),
+    (PrimeConfig, "eps", 0.0, INF, True, False),
     (EmpgConfig, "k", 0.0, INF, False, False),
     (EmpgConfig, "k_f", 0.0, INF, False, False),
     (EmpgConfig, "zeta", 0.0, INF, False, False),
