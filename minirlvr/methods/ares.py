@@ -205,8 +205,9 @@ def ares_reward(batch, cfg: AresRewardConfig, ctx):
                   entropy_reward(n[i], targets[bucket[i]][1], alpha[bucket[i]], int(bucket[i]), bool(correct[i]))
                   for i in range(len(n))], dtype=np.float64)
     r = correct.astype(np.float64) + e
-    batch.extras.update(ares_bucket=torch.from_numpy(bucket), ares_hwe=torch.from_numpy(n),
-                        ares_entropy_reward=torch.from_numpy(e))
+    dev = batch.response_mask.device          # minibatch indices live there: per-row extras must too
+    batch.extras.update(ares_bucket=torch.from_numpy(bucket).to(dev), ares_hwe=torch.from_numpy(n).to(dev),
+                        ares_entropy_reward=torch.from_numpy(e).to(dev))
     _log_reward(ctx, tau, st["tau"], median, n, trigger & full, correct, e, r, bucket, groups, targets, alpha,
                 steps, mask.sum(1).numpy())
     return torch.from_numpy(r)
@@ -315,3 +316,6 @@ register_recipe(Recipe("ares_control", paper=PAPER + " -- control: verifier rewa
 register_recipe(Recipe("ares_released", paper=PAPER + " -- the reward the released trainer trains on (easy bucket, "
                        "T = 0, alpha 0.5 for all)", reward="ares", advantage="grpo", loss="ares_kl",
                        reward_cfg={"released_reward": True}))
+register_recipe(Recipe("ares_steps", paper=PAPER + " -- triggers = the step delimiter ';' (its window covers the next "
+                       "re-check decision; the window after '?' is a copied step)", reward="ares", advantage="grpo",
+                       loss="ares_kl", reward_cfg={"triggers": (";",)}))

@@ -302,7 +302,8 @@ def test_reward_stage_end_to_end(seed, G, released, top1, one_token):
     for i in range(len(texts)):
         d = int(b[i])
         T = ctx.logged[f"ares/target_{('easy', 'medium', 'hard')[d]}"]
-        want = entropy_reward(n[i], 0, 0.5, 0, correct[i]) if released else entropy_reward(n[i], T, alpha[d], d, correct[i])
+        want = (entropy_reward(n[i], 0, 0.5, 0, correct[i]) if released else
+                entropy_reward(n[i], T, alpha[d], d, correct[i]))
         assert float(e[i]) == want
     assert all(math.isfinite(v) for v in ctx.logged.values())
     # second call: counted with the previous tau, which then moves 1% towards this batch's median

@@ -135,7 +135,8 @@ def test_evaluation_is_the_per_question_accounting_identity(per_preset, routes):
     r = np.array(routes)
     tok = np.mean([per_preset[c]["tokens"][i] for i, c in enumerate(r)])
     acc = np.mean([per_preset[c]["correct"][i] for i, c in enumerate(r)])
-    assert ev["probe"]["tokens"] == pytest.approx(tok, abs=1e-12) and ev["probe"]["acc"] == pytest.approx(acc, abs=1e-12)
+    assert ev["probe"]["tokens"] == pytest.approx(tok, abs=1e-12)
+    assert ev["probe"]["acc"] == pytest.approx(acc, abs=1e-12)
     assert sum(ev["probe"][f"share_{c}"] for c in ("easy", "normal", "hard")) == pytest.approx(1.0)
     for c, name in enumerate(("all-easy", "all-normal", "all-hard")):
         assert ev[name]["tokens"] == pytest.approx(per_preset[c]["tokens"].mean())
