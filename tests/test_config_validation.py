@@ -14,6 +14,7 @@ from minirlvr import registry
 from minirlvr.baselines import (DynamicSamplingConfig, GRPOAdvantageConfig, OverlongConfig, PPOClipConfig,
                                 ReinforcePPConfig)
 from minirlvr.methods.agentic_aepo import AgenticAepoConfig
+from minirlvr.methods.ares import AresLossConfig, AresRewardConfig
 from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
@@ -39,7 +40,7 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
               ("kl_coef", 0.0, INF, False, False), ("kl_clamp", 0.0, INF, True, False),
               ("entropy_coef", -INF, INF, False, False)]
 PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
-               SteerConfig, LpRegConfig, AgenticAepoConfig)
+               SteerConfig, LpRegConfig, AgenticAepoConfig, AresLossConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
@@ -111,6 +112,18 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (EffectiveRankShapingConfig, "coef", 0.0, INF, False, False),
     (EffectiveRankShapingConfig, "gain", 0.0, INF, False, False),
     (EffectiveRankShapingConfig, "clip", 0.0, INF, True, False),
+    (AresRewardConfig, "window", 1, INF, False, False),
+    (AresRewardConfig, "percentile", 0.0, 100.0, False, False),
+    (AresRewardConfig, "tau_momentum", 0.0, 1.0, False, False),
+    (AresRewardConfig, "tau_init", -INF, INF, False, False),
+    (AresRewardConfig, "alpha_init", 0.0, 2.0, False, False),
+    (AresRewardConfig, "alpha_lr", 0.0, INF, False, False),
+    (AresLossConfig, "kl_target", 0.0, INF, True, False),
+    (AresLossConfig, "ema_decay", 0.0, 1.0, False, False),
+    (AresLossConfig, "beta_lr", 0.0, INF, False, False),
+    (AresLossConfig, "beta_clip", 0.0, INF, False, False),
+    (AresLossConfig, "update_interval", 1, INF, False, False),
+    (AresLossConfig, "deadzone", 0.0, INF, False, False),
 ])
 # settings whose range depends on another setting: checked by their own tests below, not by RANGES
 PAIRED = {(RiskpoConfig, "alpha"), (RiskpoConfig, "beta")}   # 0 <= alpha <= beta <= 1
