@@ -18,7 +18,7 @@ Symbols (response i of group g, m_{i,t} the response mask, EOS included; N = sum
 Consequences (tested): A has token mean 0 and unbiased token variance varB / (varB + eps) ~ 1; A is
 unchanged by r -> k r + c (k > 0; exactly with eps -> k^2 eps); with unequal lengths muB != 0, so an
 all-equal group gets A = -muB / sqrt(varB + eps) != 0 (one reason for dynamic sampling); with equal lengths
-muB = 0 and, for one prompt, A = GRPO's A * std_g(r) / sqrt(varB + eps).
+muB = 0 and, for one prompt, A = GRPO's A * std_g(r) / sqrt(varB + eps) (GRPO's eps -> 0).
 
 Card vs paper/official code: the card matches the code. Where we differ: (1) the released scorer needs the
 `</think>` marker and a boxed answer, so a truncated response scores 0 only because it is unfinished; here
