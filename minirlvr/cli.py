@@ -81,6 +81,8 @@ def _add_train_args(p: argparse.ArgumentParser, steps_default: int | None) -> No
     p.add_argument("--eval-k", type=_positive_int, default=d["eval_k"])
     p.add_argument("--eval-difficulty", type=_levels, default=d["eval_difficulty"],
                    help="level(s) of the eval problems (default: the training difficulty)")
+    p.add_argument("--eval-max-new-tokens", type=_positive_int, default=d.get("eval_max_new_tokens"),
+                   help="evaluation's length limit (default: the training limit)")
     p.add_argument("--threads", type=_positive_int, default=d["threads"],
                    help="torch CPU threads (default 1: measured fastest on a busy 2-core machine, see README)")
     p.add_argument("--device", default=d["device"])
@@ -108,6 +110,7 @@ def _train_config(a):
                        max_new_tokens=a.max_new_tokens, difficulty=a.difficulty, train_split=a.train_split,
                        problem_pool=a.problem_pool, eval_every=a.eval_every, threads=a.threads,
                        eval_problems=a.eval_problems, eval_k=a.eval_k, eval_difficulty=a.eval_difficulty,
+                       eval_max_new_tokens=a.eval_max_new_tokens,
                        device=a.device, init=a.init, out_dir=a.out, name=getattr(a, "name", None),
                        resume=getattr(a, "resume", False), reuse=a.reuse, probes=tuple(a.probe), probe_every=a.probe_every,
                        entropy_diagnostics=a.diagnostics, progress=not a.no_progress)

@@ -95,6 +95,8 @@ class TrainConfig:
     eval_k: int = 8                 # pass@1..k at temperature 1 from eval_k samples per problem
     eval_seed: int = 12345          # the same held-out problems for every run and seed
     eval_difficulty: int | tuple[int, ...] | None = None  # None: the training difficulty (None there: the task's)
+    eval_max_new_tokens: int | None = None  # evaluation's length limit; None: the training limit (a length-budget
+                                            # recipe can then be evaluated at the task's full budget)
     seed: int = 0
     device: str = "auto"
     init: str | None = None         # starting checkpoint (None: the task's shipped base)
@@ -126,7 +128,7 @@ class TrainConfig:
         if given("weight_decay") and not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay)
                                           and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        for k in ("max_new_tokens", "problem_pool", "threads"):
+        for k in ("max_new_tokens", "problem_pool", "threads", "eval_max_new_tokens"):
             if getattr(self, k) is not None and (not _is_int(getattr(self, k)) or getattr(self, k) < 1):
                 raise ValueError(f"{k} must be a positive integer or None, got {getattr(self, k)!r}")
         for k in ("difficulty", "eval_difficulty"):
@@ -382,6 +384,8 @@ def _checked_state(state: dict) -> dict:
 
 # TrainConfig fields that do not change a run's numbers: ignored when deciding whether a finished run is reusable
 _NOT_RESULTS = ("out_dir", "name", "save_every", "resume", "reuse", "progress")
+# TrainConfig fields newer than some saved runs; None reproduces what those runs did
+_ADDED_LATER = ("eval_max_new_tokens",)
 
 
 def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None:
@@ -391,9 +395,11 @@ def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None
     paths = [os.path.join(run_dir, f) for f in ("config.json", "metrics.jsonl", "policy.pt", "trainer_state.pt")]
     if not all(os.path.isfile(p) for p in paths):
         return None
-    # where a setting came from (explicit / recipe / default) does not matter, only its resolved value
+    # where a setting came from (explicit / recipe / default) does not matter, only its resolved value; a
+    # setting added to TrainConfig after the run was made counts as equal when it is at its default (None)
     strip = lambda r: {**{k: v for k, v in r.items() if k != "train_sources"},  # noqa: E731
-                       "train": {k: v for k, v in r["train"].items() if k not in _NOT_RESULTS}}
+                       "train": {k: v for k, v in r["train"].items()
+                                 if k not in _NOT_RESULTS and not (k in _ADDED_LATER and v is None)}}
     try:
         with open(paths[0]) as f:
             saved = json.load(f)
@@ -439,6 +445,7 @@ def _train(cfg: TrainConfig) -> dict:
                          f"prompts_per_step ({cfg.prompts_per_step}) must be >= minibatches ({cfg.minibatches})")
     device = _resolve_device(cfg.device)
     max_new = cfg.max_new_tokens or task.max_new_tokens
+    eval_max_new = cfg.eval_max_new_tokens or max_new
     run_dir = os.path.join(cfg.out_dir, cfg.name or f"{cfg.recipe}_{cfg.task}_s{cfg.seed}")
     os.makedirs(run_dir, exist_ok=True)
     ckpt_path, state_path = os.path.join(run_dir, "policy.pt"), os.path.join(run_dir, "trainer_state.pt")
@@ -496,7 +503,7 @@ def _train(cfg: TrainConfig) -> dict:
         log.write(json.dumps(h) + "\n")
     if not history and cfg.eval_every:
         history.append({"step": 0, **{f"eval/{k}": v for k, v in
-                                      evaluate_policy(policy, task, eval_problems, cfg.eval_k, max_new, cfg.eval_seed).items()}})
+                                      evaluate_policy(policy, task, eval_problems, cfg.eval_k, eval_max_new, cfg.eval_seed).items()}})
         log.write(json.dumps(history[-1]) + "\n"); log.flush()
 
     steps = range(start, cfg.steps)
@@ -559,7 +566,7 @@ def _train(cfg: TrainConfig) -> dict:
         rec["time_rollout"] = t_rollout
         rec["time_step"] = time.perf_counter() - t0
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            ev = evaluate_policy(policy, task, eval_problems, cfg.eval_k, max_new, cfg.eval_seed)
+            ev = evaluate_policy(policy, task, eval_problems, cfg.eval_k, eval_max_new, cfg.eval_seed)
             rec.update({f"eval/{k}": v for k, v in ev.items()})
         history.append(rec)
         log.write(json.dumps(rec) + "\n"); log.flush()

@@ -21,11 +21,13 @@ from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.canon import CanonConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
+from minirlvr.methods.dler import DlerAdvantageConfig, TruncationRewardConfig
 from minirlvr.methods.empg import EmpgConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
 from minirlvr.methods.hicra import HicraConfig
 from minirlvr.methods.implicit_prm import ImplicitPRMRewardConfig, PrimeConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
+from minirlvr.methods.pear import PearConfig
 from minirlvr.methods.riskpo import RiskpoConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
@@ -124,6 +126,13 @@ RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
     (AresLossConfig, "beta_clip", 0.0, INF, False, False),
     (AresLossConfig, "update_interval", 1, INF, False, False),
     (AresLossConfig, "deadzone", 0.0, INF, False, False),
+    (TruncationRewardConfig, "max_len", 1, INF, False, False),
+    (DlerAdvantageConfig, "eps", 0.0, INF, True, False),
+    (PearConfig, "a", 0.0, INF, False, False),
+    (PearConfig, "b", 0.0, INF, False, False),
+    (PearConfig, "score", -INF, INF, False, False),
+    (PearConfig, "format_score", -INF, INF, False, False),
+    (PearConfig, "cap", -INF, INF, False, False),
 ])
 # settings whose range depends on another setting: checked by their own tests below, not by RANGES
 PAIRED = {(RiskpoConfig, "alpha"), (RiskpoConfig, "beta")}   # 0 <= alpha <= beta <= 1

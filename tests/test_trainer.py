@@ -370,10 +370,32 @@ def test_reuse_loads_a_finished_run_of_the_same_configuration_and_reruns_otherwi
     assert all(torch.equal(a, b) for a, b in zip(again["policy"].state_dict().values(),
                                                  first["policy"].state_dict().values()))
     # another setting, more steps than were run, or no reuse: trained again
-    for kw in (dict(lr=3e-4), dict(steps=4), dict(reuse=False)):
+    for kw in (dict(lr=3e-4), dict(steps=4), dict(reuse=False), dict(eval_max_new_tokens=3)):
         stamp = os.stat(metrics).st_mtime_ns
         train(small(tmp_path, tiny_ckpt, name="r", **{"reuse": True, **kw}))
         assert os.stat(metrics).st_mtime_ns != stamp, kw
+    # a run saved before a TrainConfig field existed is reused while the new field is at its default (None)
+    train(small(tmp_path, tiny_ckpt, name="r"))
+    cfg_path = os.path.join(first["run_dir"], "config.json")
+    with open(cfg_path) as f:
+        record = json.load(f)
+    del record["train"]["eval_max_new_tokens"]
+    with open(cfg_path, "w") as f:
+        json.dump(record, f)
+    stamp = os.stat(metrics).st_mtime_ns
+    train(small(tmp_path, tiny_ckpt, name="r", reuse=True))
+    assert os.stat(metrics).st_mtime_ns == stamp
+    train(small(tmp_path, tiny_ckpt, name="r", reuse=True, eval_max_new_tokens=3))
+    assert os.stat(metrics).st_mtime_ns != stamp
+
+
+def test_evaluation_uses_its_own_length_limit(tmp_path, tiny_ckpt):
+    """eval_max_new_tokens bounds the evaluation's samples, max_new_tokens the training rollouts."""
+    run = train(small(tmp_path, tiny_ckpt, max_new_tokens=1, eval_max_new_tokens=6, eval_every=1))
+    assert max(h["completion_length_max"] for h in run["history"] if "completion_length_max" in h) <= 1
+    assert max(h["eval/len_mean"] for h in run["history"] if "eval/len_mean" in h) > 1
+    short = train(small(tmp_path, tiny_ckpt, name="s", max_new_tokens=1, eval_every=1))
+    assert max(h["eval/len_mean"] for h in short["history"] if "eval/len_mean" in h) <= 1
 
 
 def test_state_survives_resume_exactly(tmp_path, tiny_ckpt):
@@ -627,6 +649,7 @@ def test_default_problem_source_draws_exactly_like_task_sample():
     (dict(difficulty=()), "difficulty must be a level"),
     (dict(difficulty="2"), "difficulty must be a level"),
     (dict(eval_difficulty=(1, "x")), "eval_difficulty must be a level"),
+    (dict(eval_max_new_tokens=0), "eval_max_new_tokens must be a positive integer or None"),
     (dict(train_split="val"), "train_split must be 'train' or 'test'"),
 ])
 def test_problem_distribution_errors(bad, message):
