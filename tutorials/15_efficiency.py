@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 15 · Token efficiency: DLER, PEAR, ARES and DiffAdapt on a task with removable length
+#
+# Four papers about spending fewer tokens at equal accuracy:
+#
+# | paper | module | what it changes |
+# |---|---|---|
+# | *DLER: Doing Length pEnalty Right* (2025, arXiv 2510.15110; official code NVlabs/DLER) | [`dler.py`](../minirlvr/methods/dler.py) | truncation reward at $L_{\max}$ + group-mean, token-weighted batch-whitened advantage + dynamic sampling + clip-higher |
+# | *PEAR: Phase Entropy Aware Reward* (2025, arXiv 2510.08026; formula not confirmed from code: **PEAR-style**) | [`pear.py`](../minirlvr/methods/pear.py) | reward of a correct answer minus $\max(0, a H_{\text{think}} - b H_{\text{answer}})$ |
+# | *ARES* (2025; official code) | [`ares.py`](../minirlvr/methods/ares.py) | entropy-window reward per online difficulty bucket, a bounded KL controller |
+# | *DiffAdapt* (2025, arXiv 2510.19669; no code: **DiffAdapt-style**) | [`diffadapt.py`](../minirlvr/methods/diffadapt.py) | evaluation only: a probe predicts difficulty and picks a decoding preset |
+#
+# Tests: [`test_dler.py`](../tests/methods/test_dler.py), [`test_pear.py`](../tests/methods/test_pear.py),
+# [`test_ares.py`](../tests/methods/test_ares.py), [`test_diffadapt.py`](../tests/methods/test_diffadapt.py).
+#
+# **The task.** `addition_verbose`: the addition scratchpad in which every column may be re-checked 0-2 times
+# (`3+8=1c1;?3+8=1c1;2+4+1=7;#71`); the re-checks change nothing, so about half of every answer is removable. Its base
+# (`toy_tasks/checkpoints/addition_verbose.pt`, 1-3 digits) answers in a median 16 / 37 / 57 tokens at 1 / 2 / 3
+# digits against 12 / 19 / 30 for the re-check-free trace. Efficiency columns (every evaluation logs them):
+# tokens per attempt, truncation rate, accuracy within 25 and 50 tokens, and cost-of-pass (tokens per attempt /
+# success rate).
+#
+# **Status of this notebook.** Sections 1-2 (base checks and DiffAdapt, evaluation only) run in full; section 3
+# (the RL comparison, 5 recipes x 3 seeds of ~15 minutes each on this CPU) reads finished runs from
+# `runs/tutorial15` and reports whatever seeds exist.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from minirlvr.methods.diffadapt import (DiffAdaptConfig, confusion, decode_preset, difficulty_labels,
+                                        evaluate_routing, prompt_features, route, sample_stats, train_probe, u_curve)
+from minirlvr.methods.pear import entropy_length_check
+from minirlvr.model import load_checkpoint
+from minirlvr.sft import default_checkpoint
+from toy_tasks import get_task
+
+FAST = os.environ.get("MINIRLVR_FAST") == "1"
+torch.set_num_threads(1)  # the tiny model runs fastest on one thread (README, "Threads")
+BASE = default_checkpoint("addition_verbose")
+task = get_task("addition_verbose")
+policy, _ = load_checkpoint(BASE)
+LEVELS = (1, 2, 3)
+
+# %% [markdown]
+# ## 1 · PEAR's premise on the base: does thinking-phase entropy go with length?
+#
+# PEAR penalises the entropy of the thinking phase (before `#`) because, in large reasoning models, high
+# thinking entropy goes with long, meandering answers. Here: the correlation over responses and within groups
+# (group means removed, which takes the problem's difficulty out).
+
+# %%
+probs = task.sample(16 if FAST else 128, np.random.default_rng(0), difficulty=LEVELS)
+check = entropy_length_check(policy, probs, group=4 if FAST else 8)
+print({k: round(v, 3) for k, v in check.items()})
+
+# %% [markdown]
+# ## 2 · DiffAdapt: is entropy U-shaped in difficulty, and does routing save tokens?
+#
+# Per training question, 16 samples at T = 1 give its accuracy and mean token entropy. DiffAdapt's premise is a
+# U-curve: easy questions answered with high entropy ("overthinking"), medium ones lowest, hard ones high. A probe
+# on the frozen model's last prompt state is trained on the labels Easy (acc >= 0.8) / Normal / Hard (acc <= 0.2)
+# and routes held-out questions to a preset: Easy = greedy with half the budget, Normal = T = 1 (the baseline),
+# Hard = 1.5x the budget and a majority vote of 3 samples (presets are ours: the paper's are unpublished).
+# Three seeds: three independent draws of training questions, samples and probe initialisation.
+
+# %%
+N_TRAIN, N_TEST, K = (24, 12, 4) if FAST else (1000, 500, 16)
+SEEDS = 1 if FAST else 3
+cfg = DiffAdaptConfig()
+test_q = task.sample(N_TEST, np.random.default_rng(99), split="test", difficulty=LEVELS)
+per_preset = [decode_preset(policy, task, test_q, c, cfg, task.max_new_tokens, seed=0) for c in range(3)]
+test_stats = sample_stats(policy, task, test_q, K, task.max_new_tokens, seed=1)
+oracle = difficulty_labels(test_stats["acc"], cfg.a_lo, cfg.a_hi)
+test_feat = prompt_features(policy, test_q)
+results, curves = [], []
+for seed in range(SEEDS):
+    train_q = task.sample(N_TRAIN, np.random.default_rng(seed), split="train", difficulty=LEVELS)
+    st = sample_stats(policy, task, train_q, K, task.max_new_tokens, seed=seed)
+    curves.append(u_curve(st["acc"], st["entropy"], bins=5))
+    probe = train_probe(prompt_features(policy, train_q), difficulty_labels(st["acc"], cfg.a_lo, cfg.a_hi), cfg, seed)
+    pred = route(probe, test_feat)
+    results.append(evaluate_routing(per_preset, {"probe": pred, "oracle": oracle}))
+    print(f"seed {seed}: probe accuracy on held-out labels {float((pred == oracle).mean()):.3f}; confusion "
+          f"(rows true Easy/Normal/Hard):\n{confusion(pred, oracle)}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+for seed, c in enumerate(curves):
+    axes[0].errorbar((c["lo"] + c["hi"]) / 2, c["mean"], yerr=c["sem"], marker="o", capsize=3, label=f"seed {seed}")
+axes[0].set_xlabel("question accuracy (16 samples at T = 1)"); axes[0].set_ylabel("mean token entropy (nats)")
+axes[0].set_title("entropy vs difficulty (DiffAdapt's U-curve?)"); axes[0].legend(fontsize=7)
+for name in results[0]:
+    acc = [r[name]["acc"] for r in results]; tok = [r[name]["tokens"] for r in results]
+    axes[1].errorbar(np.mean(tok), np.mean(acc), xerr=np.std(tok), yerr=np.std(acc), fmt="o", capsize=3, label=name)
+axes[1].set_xlabel("tokens per question"); axes[1].set_ylabel("held-out accuracy")
+axes[1].set_title("routing: accuracy vs tokens"); axes[1].legend(fontsize=7)
+plt.tight_layout()
+print(f"{'routing':<12}{'accuracy':>18}{'tokens':>18}{'token reduction':>18}")
+for name in results[0]:
+    vals = np.array([[r[name]["acc"], r[name]["tokens"], r[name]["token_reduction"]] for r in results])
+    print(f"{name:<12}" + "".join(f"{m:.3f} ± {s:.3f}".rjust(18) for m, s in zip(vals.mean(0), vals.std(0))))
+
+# %% [markdown]
+# ## 3 · RL: GRPO vs truncation vs DLER vs PEAR vs ARES
+#
+# Fixed before the methods ran: the library regime (lr 1e-4, 16 x 8, 4 minibatches, 300 steps) on the 1-3 digit
+# mixture from the verbose base, 3 seeds, 128 held-out prompts evaluated at the task's full 100-token budget for
+# every arm (`eval_max_new_tokens=100`: a truncation-trained policy is judged on what it does when free to be
+# long). $L_{\max} = 34$ for `grpo_trunc` and `dler`: the longest re-check-free answer of the mixture plus EOS (the
+# issue's 60%-of-median rule gives 22, at which no 3-digit problem can be answered; see `dler.L_MAX`).
+
+# %%
+from minirlvr.compare import seed_stats
+from minirlvr.plots import plot_curves, plot_frontier
+
+RECIPES = ["grpo", "grpo_trunc", "dler", "pear", "ares"]
+OUT = "runs/tutorial15"
+runs = {}
+if not FAST:
+    import json
+    for recipe in RECIPES:
+        hists = []
+        for s in range(3):
+            path = f"{OUT}/{recipe}_s{s}/metrics.jsonl"
+            if os.path.isfile(path):
+                hist = [json.loads(line) for line in open(path)]
+                if hist and hist[-1]["step"] == 300:
+                    hists.append(hist)
+        if hists:
+            runs[recipe] = hists
+print({k: len(v) for k, v in runs.items()} or "no finished runs yet")
+if runs:
+    fig = plot_curves(runs, keys=("eval/len_mean", "eval/pass@1", "eval/cost_of_pass", "entropy"),
+                      title="addition_verbose 1-3 digits (mean ± std over the finished seeds)")
+    fig = plot_frontier(runs)
+    for recipe, hists in runs.items():
+        vals = {k: seed_stats(hists, f"eval/{k}") for k in ("len_mean", "pass@1", "greedy_acc", "cost_of_pass",
+                                                             "acc@25tok", "acc@50tok")}
+        print(f"{recipe:<12} n={len(hists)} " + "  ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in vals.items()))
+
+# %% [markdown]
+# ## What we saw
+#
+# (to be written from the full run)
