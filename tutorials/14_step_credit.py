@@ -151,18 +151,27 @@ fig = plot_curves(result["runs"], keys=("entropy", "eval/greedy_acc", "eval/pass
 
 # %%
 fig = plot_curves(result["runs"], keys=("plan_entropy/entropy_plan", "plan_entropy/entropy_exec",
-                                        "plan_entropy/h_sem_first", "effective_rank/er_norm"),
+                                        "plan_entropy/h_sem_first", "verl_rank/er_norm_mean"),
                   title="inside the responses (probes, every 10 steps)")
 
 # %%
 print(f"{'recipe':<24}{'entropy (last 10)':>19}{'greedy':>16}{'pass@1':>16}{f'pass@{K}':>16}"
-      f"{'H plan / exec':>16}{'h_sem_first':>14}")
+      f"{'H plan / exec':>16}{'h_sem_first':>14}{'ER_norm':>10}")
 for recipe, hists in result["runs"].items():
     e, g, p1, pk = (seed_stats(hists, k, 10 if k == "entropy" else None)
                     for k in ("entropy", "eval/greedy_acc", "eval/pass@1", f"eval/pass@{K}"))
     hp, he, hs = (seed_stats(hists, f"plan_entropy/{k}", 3) for k in ("entropy_plan", "entropy_exec", "h_sem_first"))
+    er = seed_stats(hists, "verl_rank/er_norm_mean", 3)
     print(f"{recipe:<24}{e[0]:10.3f} ± {e[1]:.3f}{g[0]:9.3f} ± {g[1]:.3f}{p1[0]:9.3f} ± {p1[1]:.3f}"
-          f"{pk[0]:9.3f} ± {pk[1]:.3f}{hp[0]:9.3f} / {he[0]:.3f}{hs[0]:10.3f}")
+          f"{pk[0]:9.3f} ± {pk[1]:.3f}{hp[0]:9.3f} / {he[0]:.3f}{hs[0]:10.3f}{er[0]:10.3f}")
+
+# %%
+# the effective-rank paper's analysis, on the GRPO runs (probe every 10 steps, all steps pooled, mean ± std over seeds)
+for key in ("corr_er_norm_erv", "corr_er_norm_length", "corr_er_norm_reward", "corr_er_length"):
+    m, sd = seed_stats(result["runs"]["grpo"], f"verl_rank/{key}", 1000)
+    print(f"GRPO runs, {key:<22} {m:+.3f} ± {sd:.3f}")
+m, sd = seed_stats(result["runs"]["empg"], "empg/corr_g_entropy", 1000)
+print(f"EMPG runs, corr(g, step entropy)   {m:+.3f} ± {sd:.3f}")
 
 # %% [markdown]
 # ## 3 · Does any arm keep more than one plan?
