@@ -63,7 +63,8 @@ def efficiency_metrics(lengths: torch.Tensor, correct: torch.Tensor, truncated: 
     truncated [B] (bool: hit the length limit without EOS).
 
       len_mean        mean tokens per attempt
-      len_correct     mean tokens of the correct attempts (nan if none)
+      len_correct     mean tokens of the correct attempts (left out if there is none: a logged NaN would make
+                      two identical histories compare unequal)
       truncation_rate share of attempts cut at the length limit
       cost_of_pass    expected tokens spent to get one correct answer by independent attempts:
                       len_mean / success rate (Kapoor et al.'s cost-of-pass in tokens; inf if no success)
@@ -75,7 +76,7 @@ def efficiency_metrics(lengths: torch.Tensor, correct: torch.Tensor, truncated: 
         raise ValueError("efficiency_metrics needs at least one attempt")
     acc = float(correct.double().mean())
     out = {"len_mean": float(lengths.mean()),
-           "len_correct": float(lengths[correct].mean()) if correct.any() else float("nan"),
+           **({"len_correct": float(lengths[correct].mean())} if correct.any() else {}),
            "truncation_rate": float(truncated.double().mean()),
            "cost_of_pass": float(lengths.mean()) / acc if acc > 0 else float("inf")}
     for b in budgets:

@@ -126,7 +126,7 @@ def test_evaluate_policy_breaks_down_by_difficulty():
     assert (ev["pass@2@d1"], ev["pass@2@d2"]) == (1.0, 0.0)          # pass@k per level too (k = 2 here)
     one = evaluate_policy(model, task, probs[:3], 2, 4, seed=0)
     assert sorted(one) == ["acc@1tok", "acc@2tok", "cost_of_pass", "entropy", "greedy_acc", "len_correct",
-                           "len_mean", "pass@1", "pass@2", "truncation_rate"]
+                           "len_mean", "pass@1", "pass@2", "truncation_rate"]  # (len_correct: some are right)
 
 
 @settings(max_examples=60, deadline=None)
@@ -148,6 +148,6 @@ def test_efficiency_metrics_against_plain_python(rows, budget):
         assert out["len_correct"] == pytest.approx(sum(l for l, c, _ in rows if c) / n_ok)
         assert out["cost_of_pass"] >= out["len_mean"]
     else:
-        assert out["cost_of_pass"] == float("inf") and math.isnan(out["len_correct"])
+        assert out["cost_of_pass"] == float("inf") and "len_correct" not in out
     with pytest.raises(ValueError, match="at least one attempt"):
         efficiency_metrics(torch.tensor([]), torch.tensor([]), torch.tensor([]))
