@@ -217,4 +217,30 @@ for recipe in result["runs"]:
 # %% [markdown]
 # ## What we saw
 #
-# (filled in from the full run below)
+# Full run: 3 seeds x 300 steps per arm on `chain_orders` from its base (lr 1e-4, 16 x 8, 4 minibatches); held-out
+# numbers at the last evaluation (128 prompts), mean ± std over seeds; probe numbers = mean of the last 3 probes.
+#
+# * **The exact claims hold** on a real base batch: $\sum_a\pi_a\lVert e_a-\pi\rVert^2 = 1-\sum\pi^2$ to 1.3e-15 over 3548 positions;
+#   EMPG's $g$ has batch mean 1.000 and falls with step entropy (corr -0.993); HICRA scales planning tokens of a positive
+#   answer by exactly 1.20 and leaves execution tokens at 1.00; the reductions and invariances are in the tests.
+# * **The baseline: GRPO does not help on this task.** Entropy falls by half (0.28 -> 0.148 ± 0.014) but held-out greedy
+#   accuracy ends *below* the base (0.188 ± 0.029 vs 0.297; pass@8 0.266 ± 0.039 vs 0.445): the chain base's multi-step
+#   arithmetic is too weak for 300 steps of outcome reward at this lr. Every method below is judged against that.
+# * **EMPG-style: a small gain, within about two seed spreads.** pass@8 0.333 ± 0.027 vs 0.266 ± 0.039, pass@1 0.185 ±
+#   0.021 vs 0.160 ± 0.020, greedy 0.211 ± 0.023 vs 0.188 ± 0.029; lower entropy (0.128 ± 0.003). Confident steps get
+#   more credit as designed (g 1.02 on the low-entropy half of the steps, 0.62 on the high half). Suggestive, not shown.
+# * **HICRA-style: not reproduced.** No accuracy gain (greedy 0.141 ± 0.055, pass@8 0.229 ± 0.063) and slightly *more*
+#   planning entropy (0.136 vs 0.120 nats; first-plan entropy 0.339 vs 0.243). On the prompts with several valid
+#   plans, every arm loses the base's plan diversity: the base uses two different valid first moves on 42% of them,
+#   GRPO on 9 ± 6%, HICRA on 6 ± 1%, EMPG on 6%. Boosting the planning tokens' advantage sharpens the plan the
+#   rewarded answers used; it does not keep alternatives alive.
+# * **Effective-rank-style shaping: reward-hacked (our reconstruction).** With the length-normalised ER channel
+#   (ER / min(n, d), the module's default because ER is capped by length here), a two-token answer "#" has ER_norm
+#   ~1, and in all-equal groups (most groups once accuracy drops) the bonus is the whole advantage: two of three seeds
+#   collapse to 2- and 8-token answers (greedy 0.000 and 0.039; the third 0.109). In GRPO's own runs ER_norm tracks ERV
+#   (corr +0.77 ± 0.02) and length (-0.60), not reward (-0.00 ± 0.01). The paper's formula is not public; this
+#   verdict is about the reconstruction's length-normalised channel, and a raw-ER channel (length_norm=False) was
+#   not run.
+# * **Verdict for the issue's claims at toy scale:** EMPG-style suggestive (+0.07 pass@8, within noise), HICRA-style
+#   not reproduced, effective-rank-style shaping harmful as reconstructed. The ablation recipes (`empg_zeta0`,
+#   `hicra_a05`, `effective_rank_shaping_l01`) are registered but were not run (CPU budget).
