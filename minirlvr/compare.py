@@ -81,7 +81,9 @@ def summarize(runs: dict[str, list], k: int, leash: dict[str, list] | None = Non
         for key in keys:
             vals = np.array([next((h[key] for h in reversed(hist) if key in h), np.nan) for hist in hists], float)
             seen = vals[~np.isnan(vals)]   # a key some runs never logged (e.g. runs made before it existed)
-            row[f"{key}_mean"], row[f"{key}_std"] = (float(seen.mean()), float(seen.std())) if seen.size else (np.nan, np.nan)
+            with np.errstate(invalid="ignore"):   # cost_of_pass is inf for a run with no success: std is then nan
+                row[f"{key}_mean"], row[f"{key}_std"] = ((float(seen.mean()), float(seen.std())) if seen.size
+                                                         else (np.nan, np.nan))
         base = [hist[0].get(f"eval/pass@{k}", np.nan) for hist in hists if hist and hist[0]["step"] == 0]
         row[f"base_pass@{k}"] = float(np.nanmean(base)) if base else float("nan")
         for m in (leash or {}).get(recipe, [])[:1]:

@@ -274,7 +274,7 @@ def test_loss_weights_each_row_by_its_bucket_beta(seed, betas):
     k3 = kl_estimate(out.logp, batch.ref_logp, "k3", clamp=10.0)
     w = torch.tensor(betas, dtype=torch.float64)[batch.extras["ares_bucket"]]
     want = pg + 1e-2 * aggregate(k3 * w[:, None], batch.response_mask, "token-mean")
-    assert float(loss) == pytest.approx(float(want), rel=1e-12, abs=1e-15) and math.isfinite(m["kl_weighted"])
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-12, abs=1e-15) and math.isfinite(m["kl_weighted"])
     assert ctx.logged["ares/beta_hard"] == betas[2] and ctx.logged["ares/kl_calls"] == 1
 
 
