@@ -68,7 +68,8 @@ class RolloutBatch:
         def take(v):
             if not _per_row(v, B):
                 return v
-            return v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
+            # a per-row tensor may live on another device than idx (a stage's CPU extras on a GPU run)
+            return v[idx.to(v.device)] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
         return replace(self, **{f: take(getattr(self, f)) for f in self.__dataclass_fields__ if f != "extras"},
                        extras={k: take(v) for k, v in self.extras.items()})
 
