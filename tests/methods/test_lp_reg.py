@@ -212,7 +212,7 @@ def test_loss_against_an_explicit_per_token_loop(seed, agg, beta, clip):
     L = torch.zeros_like(batch.old_logp)
     for i in range(L.shape[0]):
         for j in range(L.shape[1]):
-            a, r = float(batch.advantages[i, j]), math.exp(float(out.logp[i, j] - batch.old_logp[i, j]))
+            a, r = float(batch.advantages[i, j]), math.exp(float(out.logp[i, j].detach() - batch.old_logp[i, j]))
             if sel[i, j]:
                 L[i, j] = -a * r + beta * k3_ref(float(out.logp[i, j]), float(q[i, j]))
             else:
