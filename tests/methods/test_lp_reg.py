@@ -214,7 +214,7 @@ def test_loss_against_an_explicit_per_token_loop(seed, agg, beta, clip):
         for j in range(L.shape[1]):
             a, r = float(batch.advantages[i, j]), math.exp(float(out.logp[i, j].detach() - batch.old_logp[i, j]))
             if sel[i, j]:
-                L[i, j] = -a * r + beta * k3_ref(float(out.logp[i, j]), float(q[i, j]))
+                L[i, j] = -a * r + beta * k3_ref(float(out.logp[i, j].detach()), float(q[i, j]))
             else:
                 v = max(-a * r, -a * min(max(r, 1 - clip[0]), 1 + clip[1]))
                 L[i, j] = min(v, -a * clip[2]) if clip[2] is not None and a < 0 else v
