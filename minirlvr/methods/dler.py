@@ -110,7 +110,7 @@ def dler_advantage(batch, cfg: DlerAdvantageConfig, ctx):
     flat = std == 0                                 # rows of all-equal groups: GRPO gives them exactly 0
     ctx.log(**{"dler/mu_batch": float(masked_mean(a, mask)),
                "dler/frac_all_equal": float(flat.double().mean()),
-               "dler/adv_all_equal_abs": float(A[flat].abs().sum() / mask[flat].sum().clamp(min=1))})
+               "dler/adv_all_equal_abs": float(masked_mean(A[flat].abs(), mask[flat]))})
     return A
 
 

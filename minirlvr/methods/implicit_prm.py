@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..baselines import verifier_reward, whiten
-from ..core import logprobs_from_logits, masked_sum
+from ..core import logprobs_from_logits, masked_mean, masked_sum
 from ..model import load_checkpoint
 from ..registry import Recipe, check_range, register, register_recipe
 from ..rollout import policy_forward
@@ -232,14 +232,14 @@ def implicit_prm_reward(batch, cfg: ImplicitPRMRewardConfig, ctx) -> torch.Tenso
     out, ok = d.sum(1).cpu(), r > 0.5
     gap = float(out[ok].mean() - out[~ok].mean()) if ok.any() and (~ok).any() else 0.0
     ctx.log(**{"prm/outcome_reward": float(out.mean()), "prm/outcome_gap": gap,
-               "prm/token_reward_abs": float(d.abs().sum() / batch.response_mask.sum().clamp(min=1))})
+               "prm/token_reward_abs": float(masked_mean(d.abs(), batch.response_mask))})
     return r
 
 
 def leave_one_out(x: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """verl PRIME's masked_rloo: x n/(n-1) - (1/(n-1)) sum_{j in g} mean_t x_j on valid entries, 0 elsewhere. [B, T]"""
     m = mask.bool()
-    row_mean = masked_sum(x, m, 1) / m.sum(1).clamp(min=1)
+    row_mean = masked_mean(x, m, 1)
     _, inv = torch.unique(group_ids.to(x.device), return_inverse=True)
     n = torch.bincount(inv)[inv].to(x.dtype)
     if bool((n < 2).any()):

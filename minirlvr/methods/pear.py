@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 
 from ..baselines import verifier_reward
-from ..core import group_mean_std, masked_sum, pearson
+from ..core import group_mean_std, masked_mean, masked_sum, pearson
 from ..registry import Recipe, check_range, register, register_recipe
 from ..tokenizer import CHARS, encode
 
@@ -63,8 +63,7 @@ def phase_entropies(entropy: torch.Tensor, think: torch.Tensor, answer: torch.Te
     entropy = entropy.detach().double()
     out = []
     for ph in (think, answer):
-        s = masked_sum(entropy, ph, dim=1)
-        out.append(s if reduce == "sum" else s / ph.sum(1).clamp(min=1).double())
+        out.append(masked_sum(entropy, ph, dim=1) if reduce == "sum" else masked_mean(entropy, ph, dim=1))
     return tuple(out)
 
 
