@@ -228,7 +228,7 @@ for recipe in result["runs"]:
 #   arithmetic is too weak for 300 steps of outcome reward at this lr. Every method below is judged against that.
 # * **EMPG-style: a small gain, within about two seed spreads.** pass@8 0.333 ± 0.027 vs 0.266 ± 0.039, pass@1 0.185 ±
 #   0.021 vs 0.160 ± 0.020, greedy 0.211 ± 0.023 vs 0.188 ± 0.029; lower entropy (0.128 ± 0.003). Confident steps get
-#   more credit as designed (g 1.02 on the low-entropy half of the steps, 0.62 on the high half). Suggestive, not shown.
+#   more credit as designed (seed 0, last step only: g 1.02 on the low-entropy half of the steps, 0.62 on the high half). Suggestive, not shown.
 # * **HICRA-style: not reproduced.** No accuracy gain (greedy 0.141 ± 0.055, pass@8 0.229 ± 0.063) and slightly *more*
 #   planning entropy (0.136 vs 0.120 nats; first-plan entropy 0.339 vs 0.243). On the prompts with several valid
 #   plans, every arm loses the base's plan diversity: the base uses two different valid first moves on 42% of them,
