@@ -45,20 +45,14 @@ def run_trl(steps: int, threads: int) -> list[float]:
     import numpy as np
     import torch
     from datasets import Dataset
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from minirlvr.tokenizer import VOCAB
+    from minirlvr.integrations.hf import toy_gpt2, toy_tokenizer
     from toy_tasks import get_task
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     task = get_task("addition")
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    tokenizer.padding_side = "left"
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(VOCAB), n_positions=96, n_embd=128, n_layer=4, n_head=4,
-                                       bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    tokenizer = toy_tokenizer()
+    model = toy_gpt2(seed=0, n_embd=128, n_layer=4, n_head=4, n_positions=96)
     problems = task.sample(PROMPTS * steps, np.random.default_rng(0), split="train")
     answers = {p.prompt: p for p in problems}
     data = Dataset.from_list([{"prompt": p.prompt} for p in problems])

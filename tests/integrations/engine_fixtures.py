@@ -2,35 +2,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from minirlvr.tokenizer import VOCAB
+from minirlvr.integrations.hf import toy_gpt2, toy_tokenizer
 from toy_tasks import get_task
 
 N_PROMPTS, GROUP, NEW_TOKENS = 4, 4, 8
 
 
 def tokenizer():
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    out.padding_side = "left"
-    return out
+    return toy_tokenizer()
 
 
 def model(seed: int = 0, save_dir=None):
-    """A fresh 2-layer GPT-2 over minirlvr's vocabulary. With save_dir it is also saved there and its config
-    points at it, so that TRL can build a reference model from it (beta > 0) without the hub."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(seed)
-    out = GPT2LMHeadModel(GPT2Config(vocab_size=len(VOCAB), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    if save_dir is not None:
-        out.save_pretrained(save_dir)
-        out.config._name_or_path = str(save_dir)
-    return out
+    return toy_gpt2(seed, save_dir=save_dir)
 
 
 def dataset_and_reward(n: int = 64):
