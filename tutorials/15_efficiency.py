@@ -22,6 +22,7 @@
 # | *PEAR: Phase Entropy Aware Reward* (2025, arXiv 2510.08026; formula not confirmed from code: **PEAR-style**) | [`pear.py`](../minirlvr/methods/pear.py) | reward of a correct answer minus $\max(0, a H_{\text{think}} - b H_{\text{answer}})$ |
 # | *ARES* (2025; official code) | [`ares.py`](../minirlvr/methods/ares.py) | entropy-window reward per online difficulty bucket, a bounded KL controller |
 # | *DiffAdapt* (2025, arXiv 2510.19669; no code: **DiffAdapt-style**) | [`diffadapt.py`](../minirlvr/methods/diffadapt.py) | evaluation only: a probe predicts difficulty and picks a decoding preset |
+# | *CANON: Conditional Advantage Estimation for RL in Large Reasoning Models* (2025, arXiv 2509.23962), its length variant `canon_length` | [`canon.py`](../minirlvr/methods/canon.py) | advantage baselined on the other and the own half of each group split by length (tutorial 11: the entropy split) |
 #
 # Tests: [`test_dler.py`](../tests/methods/test_dler.py), [`test_pear.py`](../tests/methods/test_pear.py),
 # [`test_ares.py`](../tests/methods/test_ares.py), [`test_diffadapt.py`](../tests/methods/test_diffadapt.py).
@@ -118,7 +119,7 @@ for name in results[0]:
     print(f"{name:<12}" + "".join(f"{m:.3f} ± {s:.3f}".rjust(18) for m, s in zip(vals.mean(0), vals.std(0))))
 
 # %% [markdown]
-# ## 3 · RL: GRPO vs truncation vs DLER vs PEAR vs ARES
+# ## 3 · RL: GRPO vs truncation vs DLER vs PEAR vs ARES vs CANON-length
 #
 # Fixed before the methods ran: the library regime (lr 1e-4, 16 x 8, 4 minibatches, 300 steps) on the 1-3 digit
 # mixture from the verbose base, 3 seeds, 128 held-out prompts evaluated at the task's full 100-token budget for
@@ -130,7 +131,7 @@ for name in results[0]:
 from minirlvr.compare import seed_stats
 from minirlvr.plots import plot_curves, plot_frontier
 
-RECIPES = ["grpo", "grpo_trunc", "dler", "pear", "ares"]
+RECIPES = ["grpo", "grpo_trunc", "dler", "pear", "ares", "canon_length"]
 OUT = "runs/tutorial15"
 runs = {}
 if not FAST:
@@ -150,6 +151,10 @@ if runs:
     fig = plot_curves(runs, keys=("eval/len_mean", "eval/pass@1", "eval/cost_of_pass", "entropy"),
                       title="addition_verbose 1-3 digits (mean ± std over the finished seeds)")
     fig = plot_frontier(runs)
+    base = [h[0] for hists in runs.values() for h in hists]   # step 0: every run evaluates the base first
+    print(f"{'base':<12} n={len(base)} " + "  ".join(
+        f"{k} {np.mean([b['eval/' + k] for b in base]):.3f}" for k in ("len_mean", "pass@1", "greedy_acc",
+                                                                        "cost_of_pass", "acc@25tok", "acc@50tok")))
     for recipe, hists in runs.items():
         vals = {k: seed_stats(hists, f"eval/{k}") for k in ("len_mean", "pass@1", "greedy_acc", "cost_of_pass",
                                                              "acc@25tok", "acc@50tok")}
