@@ -12,7 +12,8 @@ Settings. A minirlvr stage runs with its own dataclass config -- defaults, or th
 `register_loss` / `register_advantage` (a variant under a name of your choice). verl's clip_ratio*,
 clip_cov_*, kl_cov_*, ppo_kl_coef, norm_adv_by_std_in_grpo are NOT read. From verl the loss takes only
   * loss_agg_mode -> the config's `agg` (minirlvr's four modes; verl's "token-sum" has no minirlvr twin and is
-    refused), and `config.loss_scale_factor` -> `max_len` for seq-mean-token-sum-norm;
+    refused), and `config.loss_scale_factor` -> `max_len` for seq-mean-token-sum-norm; a loss without an `agg`
+    setting (gmpo: a mean over rows, as verl's own geo_mean) aggregates its own way and is not rescaled;
   * config.global_batch_info (dp_size, batch_num_tokens, global_batch_size): the local loss is rescaled to
     verl's global normalisation, exactly as verl's `agg_loss` does it (below).
 A user's own loss: register it in minirlvr, then `register_loss("my_loss")` in a module that verl imports in
@@ -90,18 +91,16 @@ def _policy_loss(name: str, loss_cfg: dict | None, seed: int):
         if loss_agg_mode not in AGG_MODES:
             raise ValueError(f"loss {PREFIX}{name}: loss_agg_mode {loss_agg_mode!r} has no minirlvr twin; "
                              f"use one of {', '.join(AGG_MODES)}")
-        if "agg" not in fields:
-            raise ValueError(f"loss {PREFIX}{name} has no `agg` setting, so verl's loss_agg_mode cannot apply")
         info = dict(getattr(config, "global_batch_info", None) or {}) if config is not None else {}
         scale_factor = info.get("loss_scale_factor", getattr(config, "loss_scale_factor", None))
-        changes = {"agg": loss_agg_mode}
-        if loss_agg_mode == "seq-mean-token-sum-norm":        # verl's normaliser: loss_scale_factor, else T
+        changes = {"agg": loss_agg_mode} if "agg" in fields else {}   # no `agg`: the loss aggregates its own way
+        if changes and loss_agg_mode == "seq-mean-token-sum-norm":  # verl's normaliser: loss_scale_factor, else T
             width = int(scale_factor) if scale_factor is not None else log_prob.shape[-1]
             if "max_len" in fields:
                 changes["max_len"] = width
             elif width != log_prob.shape[-1]:
                 raise ValueError(f"loss {PREFIX}{name} has no `max_len` setting for verl's loss_scale_factor")
-        run = dataclasses.replace(stage, cfg=dataclasses.replace(stage.cfg, **changes))
+        run = dataclasses.replace(stage, cfg=dataclasses.replace(stage.cfg, **changes)) if changes else stage
         mask = response_mask.to(log_prob.dtype)
         ctx.max_new_tokens = mask.shape[1]
         batch = engine_batch(ENGINE, {k: _NOT_PASSED for k in ("ref_logp", "rewards", "group_ids", "old_entropy",
@@ -109,7 +108,8 @@ def _policy_loss(name: str, loss_cfg: dict | None, seed: int):
                              response_mask=mask, old_logp=old_log_prob, advantages=advantages)
         loss, metrics = call_loss(run, engine_output(ENGINE, log_prob, None, _NOT_PASSED), batch, ctx)
         metrics.pop("pg_loss", None)                             # verl logs actor/pg_loss from the returned loss
-        loss = loss * _global_scale(mask, loss_agg_mode, info)
+        if "agg" in fields:
+            loss = loss * _global_scale(mask, loss_agg_mode, info)
         out = {VERL_METRIC_NAMES.get(k, f"actor/{k}"): v for k, v in metrics.items()}
         if "clipfrac_low" in metrics and "clipfrac_high" in metrics:  # verl's: the PPO clip region, no dual clip
             out["actor/pg_clipfrac"] = metrics["clipfrac_low"] + metrics["clipfrac_high"]
