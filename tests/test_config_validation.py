@@ -19,16 +19,20 @@ from minirlvr.methods.bapo import BapoConfig
 from minirlvr.methods.entropy_mechanism import ClipCovConfig, KLCovConfig
 from minirlvr.methods.bupo import BupoConfig
 from minirlvr.methods.canon import CanonConfig
+from minirlvr.methods.cispo import CISPOConfig
 from minirlvr.methods.clipping_bias import RandomRewardConfig
 from minirlvr.methods.copo import CopoAdvantageConfig, CopoLossConfig
 from minirlvr.methods.dler import DlerAdvantageConfig, TruncationRewardConfig
 from minirlvr.methods.empg import EmpgConfig
 from minirlvr.methods.forking_tokens import ForkingTokensConfig
+from minirlvr.methods.gmpo import GMPOConfig
+from minirlvr.methods.gspo import GSPOConfig
 from minirlvr.methods.hicra import HicraConfig
 from minirlvr.methods.implicit_prm import ImplicitPRMRewardConfig, PrimeConfig
 from minirlvr.methods.lp_reg import LpRegConfig, ProxyMassConfig
 from minirlvr.methods.pear import PearConfig
 from minirlvr.methods.riskpo import RiskpoConfig
+from minirlvr.methods.sapo import SAPOConfig
 from minirlvr.methods.siren import SirenConfig
 from minirlvr.methods.steer import SteerConfig
 from minirlvr.methods.ucas import UcasConfig
@@ -44,6 +48,14 @@ PPO_RANGES = [("clip_low", 0.0, 1.0, False, False), ("clip_high", 0.0, INF, Fals
 PPO_CONFIGS = (PPOClipConfig, ForkingTokensConfig, SirenConfig, CopoLossConfig, BupoConfig,  # PPOClipConfig + own
                SteerConfig, LpRegConfig, AgenticAepoConfig, AresLossConfig)
 RANGES = ([(cls, *r) for cls in PPO_CONFIGS for r in PPO_RANGES] + [
+    (GSPOConfig, "clip_low", 0.0, 1.0, False, False),
+    (GSPOConfig, "clip_high", 0.0, INF, False, False),
+    (CISPOConfig, "clip_low", 0.0, 1.0, False, False),
+    (CISPOConfig, "clip_high", 0.0, INF, False, False),
+    (GMPOConfig, "clip_low", 0.0, INF, False, False),
+    (GMPOConfig, "clip_high", 0.0, INF, False, False),
+    (SAPOConfig, "tau_pos", 0.0, INF, True, False),
+    (SAPOConfig, "tau_neg", 0.0, INF, True, False),
     (SirenConfig, "reg_coef", 0.0, INF, False, False),
     (SirenConfig, "top_p", 0.0, 1.0, True, False),
     (SirenConfig, "top_k", 1, INF, False, False),
