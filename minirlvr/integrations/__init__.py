@@ -56,7 +56,7 @@ class Missing:
         return NotImplemented
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):          # copy / pickle / introspection probes: a plain AttributeError
+        if name.startswith("__") or name in ("field", "why"):  # copy / pickle probes, a half-built object
             raise AttributeError(name)
         raise self.error()
 
