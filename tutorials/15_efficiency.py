@@ -161,6 +161,66 @@ if runs:
         print(f"{recipe:<12} n={len(hists)} " + "  ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in vals.items()))
 
 # %% [markdown]
+# **Compute per step is not equal.** DLER's dynamic sampling draws fresh rollouts until the batch holds 16
+# groups with unequal rewards (up to 10 draws), so a DLER step may generate several times GRPO's 128
+# samples. The mean number of draws per step, from the training logs:
+
+# %%
+for recipe, hists in runs.items():
+    tries = [np.mean([h["dynamic_sampling_tries"] for h in hist if "dynamic_sampling_tries" in h]) for hist in hists
+             if any("dynamic_sampling_tries" in h for h in hist)]
+    if tries:
+        print(f"{recipe:<12} rollouts drawn per step {np.mean(tries):.2f} (seeds: {', '.join(f'{t:.2f}' for t in tries)})")
+
+# %% [markdown]
+# **ARES's controllers at toy step counts.** ARES adapts, per online difficulty bucket, the weight alpha of its
+# entropy reward (steps of at most 0.025) and the coefficient beta of its KL term (log-steps of at most 0.01,
+# every 100 loss calls). How far they moved in 300 steps:
+
+# %%
+if "ares" in runs:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for d, color in zip(("easy", "medium", "hard"), ("C0", "C1", "C3")):
+        for key, ax in ((f"ares/alpha_{d}", axes[0]), (f"ares/beta_{d}", axes[1])):
+            curves = np.array([[h.get(key, np.nan) for h in hist[1:]] for hist in runs["ares"]])
+            steps = [h["step"] for h in runs["ares"][0][1:]]
+            ax.plot(steps, np.nanmean(curves, 0), color=color, label=d)
+            ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), color=color, alpha=0.2)
+    axes[0].set_ylabel("alpha (entropy-reward weight)"); axes[1].set_ylabel("beta (KL multiplier)")
+    for ax in axes:
+        ax.set_xlabel("RL step"); ax.legend(fontsize=7)
+    plt.tight_layout()
+    for d in ("easy", "medium", "hard"):
+        first = [hist[1][f"ares/alpha_{d}"] for hist in runs["ares"]]
+        last = [hist[-1][f"ares/alpha_{d}"] for hist in runs["ares"]]
+        beta = [hist[-1][f"ares/beta_{d}"] for hist in runs["ares"]]
+        print(f"{d:<7} alpha {np.mean(first):.3f} -> {np.mean(last):.3f} ± {np.std(last):.3f}   "
+              f"beta 1.000 -> {np.mean(beta):.3f} ± {np.std(beta):.3f}")
+
+# %% [markdown]
+# ### DLER with one of its fixes removed (seed 0 only)
+#
+# The ablation: DLER without dynamic sampling (`dler_no_dynamic`), with GRPO's group-std advantage
+# instead of batch whitening (`dler_no_whiten`), and without clip-higher (`dler_no_cliphigher`), next to
+# DLER and GRPO + truncation. One seed each (the time there was): read as a pointer, not a result.
+
+# %%
+ABLATIONS = ["dler", "dler_no_dynamic", "dler_no_whiten", "dler_no_cliphigher", "grpo_trunc"]
+if not FAST:
+    import json
+    for recipe in ABLATIONS:
+        path = f"{OUT}/{recipe}_s0/metrics.jsonl"
+        hist = [json.loads(line) for line in open(path)] if os.path.isfile(path) else []
+        if not hist or hist[-1]["step"] != 300:
+            print(f"{recipe:<20} not run")
+            continue
+        last = hist[-1]
+        tries = [h["dynamic_sampling_tries"] for h in hist if "dynamic_sampling_tries" in h]
+        print(f"{recipe:<20} pass@1 {last['eval/pass@1']:.3f}  greedy {last['eval/greedy_acc']:.3f}  "
+              f"tokens/attempt {last['eval/len_mean']:.1f}  cost-of-pass {last['eval/cost_of_pass']:.1f}  "
+              f"draws/step {np.mean(tries) if tries else 1.0:.2f}")
+
+# %% [markdown]
 # ## What we saw
 #
 # (to be written from the full run)
