@@ -30,7 +30,8 @@ What it overrides, and nothing else:
   * With `advantage=...`: `_generate_and_score_completions` keeps TRL's generation and rewards (reward
     functions weighted and summed, as TRL's default "sum_then_normalize") and replaces TRL's advantages by the
     minirlvr advantage over the batch (rewards [B], group_ids = row // num_generations, response_mask,
-    old_logp / ref_logp when TRL computed them). One process only: TRL spreads a group over processes.
+    old_logp / ref_logp when TRL computed them). One process only: TRL spreads a group over processes. A
+    completion no reward function scored (all None) counts as reward 0 here (TRL's own advantage zeroes it).
 
 Metrics go to TRL's log under TRL's names where one exists: entropy, clip_ratio/low_mean, clip_ratio/high_mean
 (minirlvr's clipfrac_low / clipfrac_high), clip_ratio/region_mean (their sum, as TRL's), policy_loss
@@ -86,6 +87,9 @@ class MinirlvrGRPOTrainer(GRPOTrainer):
         self.minirlvr_loss = resolve("loss", loss, loss_cfg, ENGINE, has_reference=has_ref, reference_hint=hint)
         self.minirlvr_advantage = None
         if advantage is not None:
+            if self.multi_objective_aggregation != "sum_then_normalize":
+                raise ValueError("advantage=... sums the weighted reward functions into one reward per completion "
+                                 "(TRL's 'sum_then_normalize'); set GRPOConfig.multi_objective_aggregation to it")
             if self.accelerator.num_processes > 1:
                 raise NotImplementedError("advantage=... runs on one process only (TRL spreads a group's "
                                           "completions over processes); use TRL's advantages or one process")
