@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core import masked_mean
+
 try:
     from trl import GRPOTrainer
 except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -158,7 +160,7 @@ class MinirlvrGRPOTrainer(GRPOTrainer):
                                   engine_batch(ENGINE, missing, **fields), self._stage_ctx)
 
         mode = "train" if self.model.training else "eval"
-        metrics["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0))
+        metrics["entropy"] = float(masked_mean(entropy.detach(), mask))
         if "clipfrac_low" in metrics and "clipfrac_high" in metrics:
             metrics["clip_ratio/region_mean"] = metrics["clipfrac_low"] + metrics["clipfrac_high"]
         for name, value in metrics.items():

@@ -37,14 +37,12 @@ class GMPOConfig:
 @register("loss", "gmpo", config=GMPOConfig, paper=PAPER)
 def gmpo_loss(out, batch, cfg: GMPOConfig, ctx):
     mask = batch.response_mask
-    m = mask.to(out.logp.dtype)
     log_r = (out.logp - batch.old_logp).clamp(-20.0, 20.0)
     sgn = torch.sign(batch.advantages)
     log_rc = log_r.clamp(-cfg.clip_low, cfg.clip_high)
     log_star = sgn * torch.minimum(sgn * log_r, sgn * log_rc)
-    length = m.sum(-1)
-    rho = torch.exp((log_star * m).sum(-1) / length.clamp(min=1))
-    adv_seq = (batch.advantages * m).sum(-1) / length.clamp(min=1)
+    rho = torch.exp(masked_mean(log_star, mask, dim=-1))             # geometric mean of the clipped ratios
+    adv_seq = masked_mean(batch.advantages, mask, dim=-1)
     loss = (-adv_seq * rho).mean() if rho.numel() else out.logp.sum() * 0
     clipped = (log_r != log_rc) & mask.bool()
     return loss, {"pg_loss": float(loss.detach()),

@@ -32,8 +32,7 @@ PAPER = "Zheng et al. 2025, Group Sequence Policy Optimization (GSPO), arXiv 250
 
 def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(1/L_i) sum_t m (log pi - log pi_old) per row [B]; 0 for an empty row. Carries the gradient of logp."""
-    m = mask.to(logp.dtype)
-    return ((logp - old_logp) * m).sum(-1) / m.sum(-1).clamp(min=1)
+    return masked_mean(logp - old_logp, mask, dim=-1)
 
 
 @dataclass

@@ -30,3 +30,22 @@ def run(loss_fn, cfg, logp, batch):
     loss, metrics = loss_fn(SimpleNamespace(logp=logp, entropy=None), batch, cfg, None)
     (grad,) = torch.autograd.grad(loss, logp)
     return loss.detach(), grad, metrics
+
+
+def check_on_policy_gradient_is_grpos(loss_fn, cfg, agg: str, seed: int, B: int, T: int) -> None:
+    """At r = 1 (old = current) the loss takes the plain policy gradient of PPO-clip with aggregation `agg`."""
+    from minirlvr.baselines import PPOClipConfig, ppo_clip_loss
+    logp, batch = make(seed, B, T, 0.0)
+    batch.old_logp = logp.detach().clone()
+    _, g_ref, _ = run(ppo_clip_loss, PPOClipConfig(agg=agg), logp, batch)
+    torch.testing.assert_close(run(loss_fn, cfg, logp, batch)[1], g_ref)
+
+
+def check_finite_and_zero_on_empty_mask(loss_fn, cfg) -> None:
+    """Finite value and gradient at log-ratios of ~30 with an empty row; exactly 0 with an all-empty mask."""
+    logp, batch = make(0, 3, 4, 30.0, empty_row=True)
+    value, grad, _ = run(loss_fn, cfg, logp, batch)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    batch.response_mask = torch.zeros_like(batch.response_mask)
+    value, grad, _ = run(loss_fn, cfg, logp, batch)
+    assert float(value) == 0.0 and float(grad.abs().sum()) == 0.0

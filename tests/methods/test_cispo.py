@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from minirlvr.baselines import PPOClipConfig, ppo_clip_loss
 from minirlvr.methods.cispo import CISPOConfig, cispo_loss
-from seq_ratio_cases import make, run, seeds
+from seq_ratio_cases import check_finite_and_zero_on_empty_mask, check_on_policy_gradient_is_grpos, make, run, seeds
 
 
 @given(seed=seeds, B=st.integers(1, 5), T=st.integers(1, 8), per_row=st.booleans())
@@ -37,18 +37,8 @@ def test_cispo_without_a_floor_keeps_small_weights():
 
 @given(seed=seeds, B=st.integers(1, 6), T=st.integers(1, 9))
 def test_on_policy_the_gradient_is_grpos(seed, B, T):
-    """At r = 1 (old = current) the loss takes the plain policy gradient of PPO-clip with the same aggregation
-    (token-mean)."""
-    logp, batch = make(seed, B, T, 0.0)
-    batch.old_logp = logp.detach().clone()
-    _, g_ref, _ = run(ppo_clip_loss, PPOClipConfig(agg="token-mean"), logp, batch)
-    torch.testing.assert_close(run(cispo_loss, CISPOConfig(), logp, batch)[1], g_ref)
+    check_on_policy_gradient_is_grpos(cispo_loss, CISPOConfig(), "token-mean", seed, B, T)
 
 
 def test_finite_on_extreme_ratios_and_zero_on_an_empty_mask():
-    logp, batch = make(0, 3, 4, 30.0, empty_row=True)
-    value, grad, _ = run(cispo_loss, CISPOConfig(), logp, batch)
-    assert torch.isfinite(value) and torch.isfinite(grad).all()
-    batch.response_mask = torch.zeros_like(batch.response_mask)
-    value, grad, _ = run(cispo_loss, CISPOConfig(), logp, batch)
-    assert float(value) == 0.0 and float(grad.abs().sum()) == 0.0
+    check_finite_and_zero_on_empty_mask(cispo_loss, CISPOConfig())

@@ -6,9 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minirlvr.baselines import PPOClipConfig, ppo_clip_loss
 from minirlvr.methods.sapo import SAPOConfig, sapo_gate, sapo_loss
-from seq_ratio_cases import make, run, seeds
+from seq_ratio_cases import check_finite_and_zero_on_empty_mask, check_on_policy_gradient_is_grpos, seeds
 
 
 @given(r=st.floats(0.0, 50.0), tau=st.floats(0.1, 20.0), sign=st.sampled_from([-1.0, 1.0]))
@@ -23,18 +22,8 @@ def test_sapo_gate_slope_is_4_sigma_1_minus_sigma_in_0_1(r, tau, sign):
 
 @given(seed=seeds, B=st.integers(1, 6), T=st.integers(1, 9))
 def test_on_policy_the_gradient_is_grpos(seed, B, T):
-    """At r = 1 (old = current) the loss takes the plain policy gradient of PPO-clip with the same aggregation
-    (seq-mean-token-mean)."""
-    logp, batch = make(seed, B, T, 0.0)
-    batch.old_logp = logp.detach().clone()
-    _, g_ref, _ = run(ppo_clip_loss, PPOClipConfig(agg="seq-mean-token-mean"), logp, batch)
-    torch.testing.assert_close(run(sapo_loss, SAPOConfig(), logp, batch)[1], g_ref)
+    check_on_policy_gradient_is_grpos(sapo_loss, SAPOConfig(), "seq-mean-token-mean", seed, B, T)
 
 
 def test_finite_on_extreme_ratios_and_zero_on_an_empty_mask():
-    logp, batch = make(0, 3, 4, 30.0, empty_row=True)
-    value, grad, _ = run(sapo_loss, SAPOConfig(), logp, batch)
-    assert torch.isfinite(value) and torch.isfinite(grad).all()
-    batch.response_mask = torch.zeros_like(batch.response_mask)
-    value, grad, _ = run(sapo_loss, SAPOConfig(), logp, batch)
-    assert float(value) == 0.0 and float(grad.abs().sum()) == 0.0
+    check_finite_and_zero_on_empty_mask(sapo_loss, SAPOConfig())
