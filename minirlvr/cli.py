@@ -1,4 +1,4 @@
-"""Command line: minirlvr train | compare | pretrain | bench | list.
+"""Command line: minirlvr train | compare | leaderboard | pretrain | bench | list.
 
 Every user error (unknown name, bad number, missing or corrupt checkpoint)
 ends with one line `minirlvr: error: ...` and exit status 2, never a traceback.
@@ -144,6 +144,23 @@ def cmd_compare(a) -> None:
     print(f"figures and summary.csv in {out}")
 
 
+def cmd_leaderboard(a) -> None:
+    from .leaderboard import run_leaderboard
+    recipes = None if a.recipes == "all" else [r.strip() for r in a.recipes.split(",") if r.strip()]
+    tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip())
+    res = run_leaderboard(recipes, tasks, a.seeds, a.steps, a.workers, a.out, a.eval_problems,
+                          progress=not a.no_progress, command="minirlvr leaderboard " + " ".join(sys.argv[2:]))
+    for task in tasks:
+        top = [r for r in res["rows"] if r["task"] == task and r["rank"] == 1]
+        print(f"{task}: rank 1 (tied within the seed spread): " + ", ".join(
+            f"{r['recipe']} {r['pass@1_mean']:.3f}" for r in top))
+    failed = [r for r in res["rows"] if r["failed"]]
+    for r in failed:
+        print(f"not run: {r['recipe']} on {r['task']}: {r['failed']}")
+    print(f"{len(res['ran'])} runs now, {res['meta']['runs'] - len(res['ran'])} from the cache, "
+          f"{res['wall_s'] / 60:.1f} min; leaderboard.md, leaderboard.csv and figures in {a.out}")
+
+
 def cmd_pretrain(a) -> None:
     from dataclasses import replace
     from . import sft
@@ -220,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per held-out problem for pass@k up to k=n and support metrics vs the base (0: skip)")
     _add_train_args(c, steps_default=200)
     c.set_defaults(fn=cmd_compare)
+
+    lb = sub.add_parser("leaderboard", help="every recipe on the same tasks, seeds and budget, ranked (cached runs)")
+    lb.add_argument("--recipes", default="all", help="all (every registered recipe) or comma-separated names")
+    lb.add_argument("--tasks", default="addition,countdown", help="comma-separated tasks")
+    lb.add_argument("--seeds", type=_positive_int, default=3)
+    lb.add_argument("--steps", type=_positive_int, default=None, help="RL steps per run (default: the leaderboard regime's)")
+    lb.add_argument("--workers", type=_positive_int, default=2, help="worker processes, one torch thread each")
+    lb.add_argument("--eval-problems", type=_positive_int, default=None, help="held-out problems (default: the regime's)")
+    lb.add_argument("--out", default=os.path.join("runs", "leaderboard"), help="output folder (also the run cache)")
+    lb.add_argument("--no-progress", action="store_true")
+    lb.set_defaults(fn=cmd_leaderboard)
 
     s = sub.add_parser("pretrain", help="supervised pre-training of a base checkpoint")
     s.add_argument("--task", required=True,

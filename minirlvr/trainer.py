@@ -94,6 +94,8 @@ class TrainConfig:
     eval_problems: int = 128
     eval_k: int = 8                 # pass@1..k at temperature 1 from eval_k samples per problem
     eval_seed: int = 12345          # the same held-out problems for every run and seed
+    eval_at_start: bool = True      # evaluate the initial policy as step 0 (False: a caller that evaluates the
+                                    # shared base once, e.g. the leaderboard)
     eval_difficulty: int | tuple[int, ...] | None = None  # None: the training difficulty (None there: the task's)
     eval_max_new_tokens: int | None = None  # evaluation's length limit; None: the training limit (a length-budget
                                             # recipe can then be evaluated at the task's full budget)
@@ -384,8 +386,8 @@ def _checked_state(state: dict) -> dict:
 
 # TrainConfig fields that do not change a run's numbers: ignored when deciding whether a finished run is reusable
 _NOT_RESULTS = ("out_dir", "name", "save_every", "resume", "reuse", "progress")
-# TrainConfig fields newer than some saved runs; None reproduces what those runs did
-_ADDED_LATER = ("eval_max_new_tokens",)
+# TrainConfig fields newer than some saved runs, with the value that reproduces what those runs did
+_ADDED_LATER = {"eval_max_new_tokens": None, "eval_at_start": True}
 
 
 def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None:
@@ -396,10 +398,10 @@ def _finished_run(run_dir: str, record: dict, steps: int, device) -> dict | None
     if not all(os.path.isfile(p) for p in paths):
         return None
     # where a setting came from (explicit / recipe / default) does not matter, only its resolved value; a
-    # setting added to TrainConfig after the run was made counts as equal when it is at its default (None)
+    # setting added to TrainConfig after the run was made counts as equal when it is at its old behaviour's value
     strip = lambda r: {**{k: v for k, v in r.items() if k != "train_sources"},  # noqa: E731
                        "train": {k: v for k, v in r["train"].items()
-                                 if k not in _NOT_RESULTS and not (k in _ADDED_LATER and v is None)}}
+                                 if k not in _NOT_RESULTS and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}}
     try:
         with open(paths[0]) as f:
             saved = json.load(f)
@@ -501,7 +503,7 @@ def _train(cfg: TrainConfig) -> dict:
     log = open(os.path.join(run_dir, "metrics.jsonl"), "w")
     for h in history:  # on resume: the log up to the checkpoint's step
         log.write(json.dumps(h) + "\n")
-    if not history and cfg.eval_every:
+    if not history and cfg.eval_every and cfg.eval_at_start:
         history.append({"step": 0, **{f"eval/{k}": v for k, v in
                                       evaluate_policy(policy, task, eval_problems, cfg.eval_k, eval_max_new, cfg.eval_seed).items()}})
         log.write(json.dumps(history[-1]) + "\n"); log.flush()
