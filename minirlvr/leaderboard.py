@@ -341,9 +341,10 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
     r = meta["regime"]
     k = r["eval_k"]
     lines = [f"Run on {meta['date']} at commit `{meta['commit']}` (code version `{meta['code']}`): "
-             f"`{meta['command'] or 'minirlvr leaderboard'}`. {meta['runs']} jobs ({meta['ran']} run now, the rest "
-             f"from the cache), {meta['wall_s'] / 60:.1f} min wall time with {meta['workers']} worker(s) at one "
-             f"thread each ({meta['run_s'] / 60:.1f} min of run time in all).",
+             f"`{meta['command'] or 'minirlvr leaderboard'}`. This call ran {meta['ran']} of the {meta['runs']} jobs "
+             f"(the rest came from the cache) in {meta['wall_s'] / 60:.1f} min with {meta['workers']} worker "
+             f"process(es) at one torch thread each; all {meta['runs']} jobs took {meta['run_s'] / 60:.1f} min of "
+             f"worker time.",
              "",
              f"Regime: {r['steps']} RL steps of {r['prompts_per_step']} prompts x {r['group_size']} samples from the "
              f"task's base checkpoint, seeds 0-{meta['seeds'] - 1}; each recipe keeps its own trainer settings "
@@ -400,15 +401,27 @@ def write_outputs(rows: list[dict], results: dict, meta: dict, out_dir: str) -> 
     plot_top_pass_at_k(rows, k, os.path.join(out_dir, "pass_at_k.png"))
 
 
-def plot_entropy_accuracy(rows: list[dict], path: str | None = None, label_top: int = 6):
-    """Per task: held-out pass@1 against entropy retained (mean ± std over seeds), GRPO and the top recipes
-    labelled, the base at (1, its pass@1)."""
+def _per_task_figure(rows: list[dict], size: tuple[float, float], draw, path: str | None):
+    """One panel per task: draw(ax, task, ranked rows with results, the base row or None); saved to `path`."""
     import matplotlib.pyplot as plt
     tasks = list(dict.fromkeys(row["task"] for row in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(size[0] * len(tasks), size[1]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         ranked = [r for r in rows if r["task"] == task and r["recipe"] != "base" and r["seeds"]]
         base = next((r for r in rows if r["task"] == task and r["recipe"] == "base" and r["seeds"]), None)
+        draw(ax, task, ranked, base)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def plot_entropy_accuracy(rows: list[dict], path: str | None = None, label_top: int = 6):
+    """Per task: held-out pass@1 against entropy retained (mean ± std over seeds), GRPO and the top recipes
+    labelled, the base at (1, its pass@1)."""
+    def draw(ax, task, ranked, base):
         for i, r in enumerate(ranked):
             special = r["recipe"] == "grpo" or i < label_top
             ax.errorbar(r["retained_mean"], r["pass@1_mean"], xerr=r["retained_std"], yerr=r["pass@1_std"],
@@ -423,24 +436,15 @@ def plot_entropy_accuracy(rows: list[dict], path: str | None = None, label_top: 
         ax.set_xlabel("held-out token entropy retained (trained / base)")
         ax.set_ylabel("held-out pass@1 (T=1)")
         ax.set_title(f"{task}: accuracy vs retained entropy ({len(ranked)} recipes)")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return _per_task_figure(rows, (6, 4.6), draw, path)
 
 
 def plot_top_pass_at_k(rows: list[dict], k: int, path: str | None = None, top: int = 5):
     """Per task: pass@k vs k for the `top` ranked recipes, GRPO and the base."""
-    import matplotlib.pyplot as plt
-    tasks = list(dict.fromkeys(row["task"] for row in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.4 * len(tasks), 4.0), squeeze=False)
     ks = np.arange(1, k + 1)
-    for ax, task in zip(axes[0], tasks):
-        ranked = [r for r in rows if r["task"] == task and r["recipe"] != "base" and r["seeds"]]
-        show = ranked[:top] + [r for r in ranked[top:] if r["recipe"] == "grpo"]
-        show += [r for r in rows if r["task"] == task and r["recipe"] == "base" and r["seeds"]]
+
+    def draw(ax, task, ranked, base):
+        show = ranked[:top] + [r for r in ranked[top:] if r["recipe"] == "grpo"] + ([base] if base else [])
         others = iter(f"C{i}" for i in (0, 1, 2, 4, 5, 6, 8, 9))   # C3 (red) is GRPO's
         for r in show:
             style = dict(color="k", linestyle="--") if r["recipe"] == "base" else \
@@ -453,10 +457,5 @@ def plot_top_pass_at_k(rows: list[dict], k: int, path: str | None = None, top: i
         ax.set_xlabel("k (samples per problem)")
         ax.set_ylabel("held-out pass@k (T=1)")
         ax.set_title(f"{task}: top {top} recipes, GRPO and the base")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return _per_task_figure(rows, (5.4, 4.0), draw, path)
