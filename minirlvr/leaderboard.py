@@ -269,6 +269,14 @@ def aggregate(results: dict, names: list[str], tasks, regime: dict) -> list[dict
             res = [v for j, v in results.items() if j.task == task and j.recipe == r]
             rows.append(_row(task, r, [v for v in res if v["status"] == "ok"],
                              [v for v in res if v["status"] != "ok"], base_entropy, k))
+    for task in tasks:   # recipes whose runs gave the very same numbers (a mechanism inert on this task)
+        prints = {r: json.dumps(sorted((j.seed, v["pass_curve"], v["entropy"], v["greedy_acc"])
+                                       for j, v in results.items() if j.task == task and j.recipe == r
+                                       and v["status"] == "ok")) for r in names}
+        for row in rows:
+            if row["task"] == task and row["recipe"] != "base" and row["seeds"]:
+                row["identical_to"] = ", ".join(q for q in names if q != row["recipe"]
+                                                and prints[q] == prints[row["recipe"]])
     for task in tasks:
         ranked = [row for row in rows if row["task"] == task and row["recipe"] != "base" and row["seeds"]]
         ranks = tie_ranks(np.array([row["pass@1_mean"] for row in ranked]), np.array([row["pass@1_std"] for row in ranked]))
@@ -285,7 +293,7 @@ def aggregate(results: dict, names: list[str], tasks, regime: dict) -> list[dict
 
 
 def _row(task: str, recipe: str, ok: list[dict], failed: list[dict], base_entropy: float, k: int) -> dict:
-    row = {"task": task, "recipe": recipe, "seeds": len(ok), "rank": "", "vs_grpo": "",
+    row = {"task": task, "recipe": recipe, "seeds": len(ok), "rank": "", "vs_grpo": "", "identical_to": "",
            "failed": "; ".join(sorted({f["error"] for f in failed}))}
     for key in NUMBERS:
         if key == "retained":
@@ -355,6 +363,7 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
              "Rank: by pass@1; a recipe's rank is 1 + the number of recipes whose pass@1 is higher by more than "
              "sqrt(s1² + s2²) (the seed spread of the difference), so equal ranks are ties; within a rank, rows "
              "are listed by pass@8. `vs GRPO`: the same rule against GRPO alone (+ better, - worse, = tie). "
+             "`a ≡ b`: recipe a's runs gave exactly the numbers of b's (what tells them apart did nothing on this task). "
              "Retained = held-out token entropy / the base's. Tokens/correct = tokens per attempt / success rate.",
              ""]
     head = (f"| rank | recipe | paper | vs GRPO | pass@1 | pass@8 | pass@{k} | greedy (end) | greedy (best) | "
@@ -371,6 +380,7 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
             else:
                 mod, nb = links(row["recipe"])
                 name = f"[{row['recipe']}]({link_root}{mod})" + (f" ([notebook]({link_root}{nb}))" if nb else "")
+                name += f" ≡ {row['identical_to']}" if row["identical_to"] else ""
                 ids = re.findall(r"arXiv (\d{4}\.\d{4,5})", row["paper"])
                 paper = ", ".join(f"[{i}](https://arxiv.org/abs/{i})" for i in ids[:1])
             lines.append(f"| {row['rank']} | {name} | {paper} | {row['vs_grpo']} | " + " | ".join(
@@ -389,7 +399,8 @@ def write_outputs(rows: list[dict], results: dict, meta: dict, out_dir: str) -> 
     named = lambda c: c.replace("pass@K", f"pass@{k}")  # noqa: E731  (K = eval_k)
     cols = ["task", "rank", "recipe", "vs_grpo", "seeds"] + [f"{key}_{s}" for key in NUMBERS for s in ("mean", "std")]
     with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[named(c) for c in cols] + ["paper", "settings", "failed"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[named(c) for c in cols] + ["identical_to", "paper", "settings", "failed"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows({named(c): v for c, v in row.items()} for row in rows)
     link_root = os.path.relpath(REPO, os.path.abspath(out_dir)) + "/"

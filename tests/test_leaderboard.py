@@ -110,6 +110,16 @@ def test_parallel_workers_give_the_same_numbers(tmp_path):
         assert two["results"][job]["entropy"] == res["entropy"]
 
 
+def test_identical_runs_are_marked(tmp_path):
+    """Lp-Reg at the official rho 0.01 selects no token on addition (tutorial 10): its runs are those of its
+    on-policy GRPO baseline bit for bit, and the table says so; GSPO's are not."""
+    res = lb.run_leaderboard(["grpo_onpolicy", "lp_reg", "gspo"], tasks=("addition",), out_dir=str(tmp_path),
+                             workers=1, **FAST)
+    marks = {r["recipe"]: r["identical_to"] for r in res["rows"] if r["recipe"] != "base"}
+    assert marks == {"grpo_onpolicy": "lp_reg", "lp_reg": "grpo_onpolicy", "gspo": ""}
+    assert "≡ grpo_onpolicy" in open(tmp_path / "leaderboard.md").read()
+
+
 def test_code_version_ignores_what_cannot_change_a_run():
     assert all(p.startswith("minirlvr/") for p in lb.NOT_IN_CODE_VERSION)
     assert "minirlvr/trainer.py" not in lb.NOT_IN_CODE_VERSION and lb.code_version() == lb.code_version()
