@@ -207,6 +207,7 @@ def run_leaderboard(recipes: list[str] | None = None, tasks: tuple[str, ...] = T
     rows = aggregate(results, names, tasks, regime)
     meta = {"date": datetime.date.today().isoformat(), "commit": _git_commit(), "code": version, "regime": regime,
             "seeds": seeds, "workers": workers, "wall_s": wall, "ran": len(todo), "runs": len(jobs),
+            "failed": sum(results[j]["status"] == "error" for j in todo),
             "command": command, "run_s": sum(r.get("wall_s", 0.0) for r in results.values())}
     write_outputs(rows, results, meta, out_dir)
     return {"rows": rows, "results": results, "ran": todo, "wall_s": wall, "meta": meta}
@@ -349,10 +350,10 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
     r = meta["regime"]
     k = r["eval_k"]
     lines = [f"Run on {meta['date']} at commit `{meta['commit']}` (code version `{meta['code']}`): "
-             f"`{meta['command'] or 'minirlvr leaderboard'}`. This call ran {meta['ran']} of the {meta['runs']} jobs "
-             f"(the rest came from the cache) in {meta['wall_s'] / 60:.1f} min with {meta['workers']} worker "
-             f"process(es) at one torch thread each; all {meta['runs']} jobs took {meta['run_s'] / 60:.1f} min of "
-             f"worker time.",
+             f"`{meta['command'] or 'minirlvr leaderboard'}`. This call started {meta['ran']} of the {meta['runs']} "
+             f"jobs ({meta.get('failed', 0)} of them could not run; the rest came from the cache) in "
+             f"{meta['wall_s'] / 60:.1f} min with {meta['workers']} worker process(es) at one torch thread each; all "
+             f"{meta['runs']} jobs took {meta['run_s'] / 60:.1f} min of worker time.",
              "",
              f"Regime: {r['steps']} RL steps of {r['prompts_per_step']} prompts x {r['group_size']} samples from the "
              f"task's base checkpoint, seeds 0-{meta['seeds'] - 1}; each recipe keeps its own trainer settings "
