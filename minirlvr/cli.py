@@ -157,7 +157,8 @@ def cmd_leaderboard(a) -> None:
     failed = [r for r in res["rows"] if r["failed"]]
     for r in failed:
         print(f"not run: {r['recipe']} on {r['task']}: {r['failed']}")
-    print(f"{len(res['ran'])} runs now, {res['meta']['runs'] - len(res['ran'])} from the cache, "
+    print(f"{len(res['ran'])} jobs started ({res['meta']['failed']} could not run), "
+          f"{res['meta']['runs'] - len(res['ran'])} from the cache, "
           f"{res['wall_s'] / 60:.1f} min; leaderboard.md, leaderboard.csv and figures in {a.out}")
 
 
