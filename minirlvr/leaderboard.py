@@ -344,9 +344,9 @@ def _fmt(row: dict, key: str, digits: int = 3) -> str:
     return f"{m:.{digits}f}" if row["seeds"] < 2 or not np.isfinite(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
+def markdown(rows: list[dict], meta: dict, link_root: str = "", settings: bool = True) -> str:
     """The ranked tables, one per task, with links relative to `link_root` (the repository root as seen from
-    where the text will live)."""
+    where the text will live); `settings`: then every recipe's stages, configs and paper."""
     r = meta["regime"]
     k = r["eval_k"]
     lines = [f"Run on {meta['date']} at commit `{meta['commit']}` (code version `{meta['code']}`): "
@@ -391,6 +391,11 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "") -> str:
         if failed:
             lines += ["", "Not run: " + "; ".join(f"`{row['recipe']}` ({row['failed']})" for row in failed)]
         lines.append("")
+    if settings:
+        lines += ["### Recipe settings", ""] + [
+            f"- `{row['recipe']}`: {', '.join(f'{key}={json.dumps(v)}' for key, v in json.loads(row['settings']).items())}"
+            f" — {row['paper']}" for row in sorted(rows, key=lambda row: row["recipe"])
+            if row["recipe"] != "base" and row["task"] == rows[0]["task"]]
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ def test_fast_mode_writes_every_output_and_reuses_its_runs(tmp_path, capsys):
     md = open(os.path.join(out, "leaderboard.md")).read()
     assert "### addition" in md and "### countdown" in md
     assert "minirlvr/methods/entropy_mechanism.py" in md and "2505.22617" in md
+    assert "- `clip_cov`: rollout=\"plain\"" in md and '"clip_ratio": 0.02' in md   # every recipe's settings
 
     # the same call again: every run comes from the cache, the numbers are the same
     again = lb.run_leaderboard(["grpo", "clip_cov"], out_dir=out, workers=1, **FAST)
