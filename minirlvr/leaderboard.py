@@ -225,11 +225,14 @@ def _execute(todo: list[Job], regime: dict, out_dir: str, version: str, workers:
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        try:
             futures = {pool.submit(run_job, job, regime, out_dir, version): job for job in todo}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
                 bar.update()
+        finally:   # on an interrupt, drop the queued jobs instead of running them all (finished ones are cached)
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
@@ -389,7 +392,7 @@ def markdown(rows: list[dict], meta: dict, link_root: str = "", settings: bool =
                 for key in ("pass@1", "pass@8", "pass@K", "greedy_acc", "best_greedy_acc", "entropy", "retained",
                             "sample_entropy", "tokens_per_correct", "clipfrac", "wall_s")) + " |")
         if failed:
-            lines += ["", "Not run: " + "; ".join(f"`{row['recipe']}` ({row['failed']})" for row in failed)]
+            lines += ["", "No finished run: " + "; ".join(f"`{row['recipe']}` ({row['failed']})" for row in failed)]
         lines.append("")
     if settings:
         lines += ["### Recipe settings", ""] + [

@@ -131,7 +131,7 @@ def test_a_recipe_that_cannot_run_is_reported_not_cached(tmp_path):
     res = lb.run_leaderboard(["grpo", "implicit_prm_prime"], tasks=("addition",), out_dir=str(tmp_path), workers=1, **FAST)
     row = next(r for r in res["rows"] if r["recipe"] == "implicit_prm_prime")
     assert row["seeds"] == 0 and "prm_path" in row["failed"] and row["rank"] == ""
-    assert "Not run: `implicit_prm_prime`" in open(tmp_path / "leaderboard.md").read()
+    assert "No finished run: `implicit_prm_prime`" in open(tmp_path / "leaderboard.md").read()
     again = lb.run_leaderboard(["grpo", "implicit_prm_prime"], tasks=("addition",), out_dir=str(tmp_path), workers=1, **FAST)
     assert again["ran"] == [lb.Job("addition", "implicit_prm_prime", 0)]
 
