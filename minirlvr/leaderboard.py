@@ -4,11 +4,12 @@ Each (recipe, task, seed) is one `train` run in the leaderboard regime (REGIME: 
 group size, step count and held-out evaluation for every recipe; a recipe keeps its own trainer settings,
 e.g. PPO epochs or a length budget, because they are part of the method). Every run is evaluated at the
 task's full length budget on the same held-out problems (eval_seed); the base policy is evaluated once per
-task on them. Runs go to worker processes with one torch thread each (2-core machines: processes at 2
-threads slow each other down many times over), and each finished run is cached in its folder under a key of
-(recipe, its resolved settings, task, seed, code version): an interrupted leaderboard resumes, and adding a
-recipe runs only the new one. The code version hashes the library's and the tasks' source and the base
-checkpoints, so any code change reruns everything (nothing stale is ever reported).
+task on them. Runs are on the CPU, in worker processes with one torch thread each (2-core machines:
+processes at 2 threads slow each other down many times over), and each finished run is cached in its folder
+under a key of (recipe, its resolved settings, task, seed, code version): an interrupted leaderboard resumes,
+and adding a recipe runs only the new one. The code version hashes the base checkpoints and every source file
+a run's numbers can depend on (NOT_IN_CODE_VERSION lists the rest), so a change there reruns everything and
+nothing stale is ever reported.
 
 Ranking (per task): by held-out pass@1 at the end. With m_r, s_r the mean and std over seeds,
     rank(r) = 1 + #{q : m_q - m_r > sqrt(s_q^2 + s_r^2)},
