@@ -6,7 +6,7 @@ e.g. PPO epochs or a length budget, because they are part of the method). Every 
 task's full length budget on the same held-out problems (eval_seed); the base policy is evaluated once per
 task on them. Runs are on the CPU, in worker processes with one torch thread each (2-core machines:
 processes at 2 threads slow each other down many times over), and each finished run is cached in its folder
-under a key of (recipe, its resolved settings, task, seed, code version): an interrupted leaderboard resumes,
+under a key of (recipe, its resolved settings, task, seed, code version, torch version): an interrupted leaderboard resumes,
 and adding a recipe runs only the new one. The code version hashes the base checkpoints and every source file
 a run's numbers can depend on (NOT_IN_CODE_VERSION lists the rest), so a change there reruns everything and
 nothing stale is ever reported.
@@ -98,7 +98,9 @@ def _key(job: Job, regime: dict, version: str) -> dict:
     settings = {k: v for k, v in cfg.items() if k not in ("out_dir", "name", "progress")}
     if job.recipe:
         settings["recipe_def"] = asdict(registry.get_recipe(job.recipe))
-    return json.loads(json.dumps({"job": asdict(job), "settings": settings, "code": version}, default=str))
+    import torch   # another torch may round differently: its runs are not reused
+    return json.loads(json.dumps({"job": asdict(job), "settings": settings, "code": version,
+                                  "torch": torch.__version__}, default=str))
 
 
 def _result_path(job: Job, out_dir: str) -> str:
