@@ -11,6 +11,11 @@ step per rollout, AdamW lr 1e-5. Each side runs in its own process (so neither i
 threads or caches), A B A B ..., and reports its median seconds per RL step after the first 5 steps
 (warm-up). The ratio is computed pair by pair. Wall time of model construction and process start is
 not counted.
+
+The last line also gives a floor: the matmul FLOPs of minirlvr's step (the rollout's forwards over the
+prompts once per group and the sampled tokens, then forward + backward over prompt + response; the mean
+lengths of the run) at 100% of the fp32 matmul peak measured here, as a fraction of TRL's median step.
+No implementation that does this work can take less; TRL does the same forward/backward.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import time
 PROMPTS, GROUP, NEW_TOKENS, LR, WARMUP = 8, 8, 8, 1e-5, 5
 
 
-def run_minirlvr(steps: int, threads: int) -> list[float]:
+def run_minirlvr(steps: int, threads: int) -> dict:
     import torch
     from minirlvr.model import GPT, GPTConfig, save_checkpoint
     from minirlvr.trainer import TrainConfig, train
@@ -38,10 +43,11 @@ def run_minirlvr(steps: int, threads: int) -> list[float]:
                                  minibatches=1, max_new_tokens=NEW_TOKENS, lr=LR, eval_every=0, log_ref_kl=False,
                                  overrides={"loss.agg": "token-mean"}, out_dir=tmp, progress=False, threads=threads,
                                  save_every=10 ** 6))["history"]
-    return [h["time_step"] for h in hist]
+    return {"times": [h["time_step"] for h in hist],
+            "completion_length": statistics.mean(h["completion_length"] for h in hist)}
 
 
-def run_trl(steps: int, threads: int) -> list[float]:
+def run_trl(steps: int, threads: int) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -78,7 +84,24 @@ def run_trl(steps: int, threads: int) -> list[float]:
                          disable_dropout=True, gradient_checkpointing=False, seed=0, dataloader_num_workers=0, shuffle_dataset=False)
         GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
                     callbacks=[Clock()]).train()
-    return times
+    return {"times": times}
+
+
+def flop_floor(completion_length: float, threads: int) -> float:
+    """Seconds of minirlvr's step if every matmul FLOP ran at the measured fp32 peak (see the docstring)."""
+    import numpy as np
+    import torch
+    from minirlvr.bench import forward_flops, matmul_peak
+    from minirlvr.model import GPT, GPTConfig
+    from minirlvr.tokenizer import encode
+    from toy_tasks import get_task
+    torch.set_num_threads(threads)
+    problems = get_task("addition").sample(1000, np.random.default_rng(1), split="train")
+    prompt = statistics.mean(len(encode(p.prompt, bos=True)) for p in problems)  # BOS + prompt
+    model, rows, ctx = GPT(GPTConfig()), PROMPTS * GROUP, (prompt + completion_length) / 2  # causal: mean context
+    rollout = forward_flops(model, PROMPTS * prompt + rows * (completion_length - 1), ctx)
+    update = 3 * forward_flops(model, rows * (prompt + completion_length), ctx)  # forward + backward = 3 forwards
+    return (rollout + update) / (matmul_peak() * 1e9)
 
 
 def main() -> None:
@@ -92,7 +115,7 @@ def main() -> None:
         times = (run_minirlvr if a.side == "minirlvr" else run_trl)(a.steps, a.threads)
         print(json.dumps(times))
         return
-    rows = []
+    rows, lengths = [], []
     for pair in range(a.pairs):
         med = {}
         for side in ("minirlvr", "trl"):
@@ -101,13 +124,18 @@ def main() -> None:
                                  env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
             if out.returncode:
                 sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
-            med[side] = statistics.median(json.loads(out.stdout.strip().splitlines()[-1])[WARMUP:])
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            med[side] = statistics.median(res["times"][WARMUP:])
+            lengths += [res["completion_length"]] if side == "minirlvr" else []
         rows.append((med["minirlvr"], med["trl"]))
         print(f"pair {pair + 1}: minirlvr {med['minirlvr']:.4f} s/step, TRL {med['trl']:.4f} s/step, "
               f"minirlvr/TRL {med['minirlvr'] / med['trl']:.2f}", flush=True)
     ratios = [m / t for m, t in rows]
+    trl_step = statistics.median(t for _, t in rows)
+    floor = flop_floor(statistics.mean(lengths), a.threads) / trl_step
     print(f"median over {a.pairs} pairs: minirlvr/TRL sec-per-step {statistics.median(ratios):.2f} "
-          f"(TRL {1 / statistics.median(ratios):.2f}x slower); threads {a.threads}")
+          f"(TRL {1 / statistics.median(ratios):.2f}x slower); threads {a.threads}; "
+          f"FLOP floor {floor:.2f} of TRL's step")
 
 
 if __name__ == "__main__":
