@@ -15,7 +15,7 @@ not counted.
 The last line also gives a floor: the matmul FLOPs of minirlvr's step (the rollout's forwards over the
 prompts once per group and the sampled tokens, then forward + backward over prompt + response; the mean
 lengths of the run) at 100% of the fp32 matmul peak measured here, as a fraction of TRL's median step.
-No implementation that does this work can take less; TRL does the same forward/backward.
+Nothing doing this work on this machine, at that peak, takes less; TRL does the same forward/backward.
 """
 from __future__ import annotations
 
